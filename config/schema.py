@@ -1,0 +1,346 @@
+"""Typed schema for `config/config.json`: defaults, validation, `--set` overrides.
+
+Every key of the original project's table stays at the top level; what the pipeline added is
+grouped in sections (`data`, `classifier`, `gan`, `finetune`, `source`, `evaluation`,
+`training`). `load_config` returns a plain nested dict with every default filled in, or raises
+`UserError` with one line naming the key and what is wrong.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from utils.errors import UserError
+
+MODEL_NAMES = ("classifier", "gpt2cgan", "gpt2xcnn", "gpt2scnn")
+# transformers.activations.ACT2FN keys that make sense inside a GPT-2 MLP.
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "relu",
+               "silu", "swish", "tanh", "mish")
+# Original spellings kept working: key -> canonical key.
+ALIASES = {"epoches": "epochs"}
+
+
+@dataclass
+class Spec:
+    """One config key: accepted types, default, optional range/choices and a help line."""
+
+    types: tuple
+    default: Any
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple | None = None
+    nullable: bool = False
+    item: "Spec | None" = None          # for lists: spec of each element
+    check: Callable[[Any], str | None] | None = None  # extra rule, returns an error or None
+    extra: dict = field(default_factory=dict)
+
+
+def _int(default, help, lo=None, hi=None, nullable=False):
+    return Spec((int,), default, help, lo=lo, hi=hi, nullable=nullable)
+
+
+def _float(default, help, lo=None, hi=None, nullable=False):
+    return Spec((float, int), default, help, lo=lo, hi=hi, nullable=nullable)
+
+
+def _bool(default, help):
+    return Spec((bool,), default, help)
+
+
+def _str(default, help, choices=None, nullable=False):
+    return Spec((str,), default, help, choices=choices, nullable=nullable)
+
+
+def _int_list(default, help, lo=None, hi=None, nullable=True):
+    return Spec((list,), default, help, nullable=nullable, item=_int(None, "", lo=lo, hi=hi))
+
+
+def _channels_check(v):
+    if isinstance(v, str):
+        return None if v in ("motor", "all") else "must be 'motor', 'all' or a list of channel names"
+    if not v or not all(isinstance(c, str) and c for c in v):
+        return "must be 'motor', 'all' or a non-empty list of channel names"
+    if len(set(v)) != len(v):
+        return "lists a channel twice"
+    return None
+
+
+SCHEMA: dict[str, Any] = {
+    # --- the original project's keys -------------------------------------------------------
+    "gpu": _bool(False, "use CUDA when available; if asked for but absent, warn once and run on CPU"),
+    "gpu_id": _int(0, "CUDA device index used when gpu is true", lo=0),
+    "parallel": _bool(False, "multi-process DistributedDataParallel training; launch with torchrun"),
+    "subject_count": _int(10, "use the first N subjects when data.subjects is null", lo=1, hi=109),
+    "data_path": _str("data/eegmmidb", "folder holding SXXX/SXXXRYY.edf (PhysioNet layout)"),
+    "model_name": _str("classifier", "which trainer runs", choices=MODEL_NAMES),
+    "buffer_size": _int(10000, "shuffle buffer of the training loader, in trials", lo=1),
+    "batch_size": _int(32, "trials per optimisation step (global, across processes)", lo=1),
+    "epochs": _int(60, "passes over the training data (alias: epoches)", lo=1),
+    "rounds": _int(1, "repeat the whole training with seeds seed, seed+1, ...", lo=1),
+    "learning_rate": _float(1e-3, "Adam learning rate (GAN: default for both networks)", lo=0, hi=10),
+    "random_vector_num": _int(8, "fixed noise vectors used to monitor GAN progress", lo=1),
+    "example_to_generate": _int(3, "generated trials per class drawn in GAN figures", lo=1, hi=64),
+    "condition_size": _int(16, "dimension of the learned class embedding fed to the generator", lo=1),
+    "class_count": _int(2, "number of classes (left/right fist: 2)", lo=2, hi=2),
+    "noise_variance": _float(1.0, "variance of the generator's Gaussian input noise", lo=0),
+    "fine_tune": _bool(True, "gpt2xcnn/gpt2scnn: start from the pretrained GAN (false: from scratch)"),
+    "pretrained_finetune_path": _str("checkpoints/gpt2cgan/latest",
+                                     "GAN run folder to fine-tune from"),
+    "pretrained_classifier_path": _str("checkpoints/classifier/latest",
+                                       "classifier run folder used (frozen) while fine-tuning"),
+    "vocab_size": _int(1, "GPT-2 vocab size; inert: inputs are continuous via inputs_embeds", lo=1),
+    "n_positions": _int(64, "GPT-2 maximum tokens (must be >= tokens per trial)", lo=1),
+    "n_ctx": _int(64, "GPT-2 context length (old name of n_positions; must equal it)", lo=1),
+    "n_embd": _int(128, "GPT-2 hidden size", lo=8),
+    "n_layer": _int(4, "GPT-2 transformer blocks", lo=1, hi=48),
+    "n_head": _int(4, "GPT-2 attention heads (must divide n_embd)", lo=1),
+    "n_inner": _int(None, "GPT-2 MLP size (null: 4 * n_embd)", lo=1, nullable=True),
+    "activation_function": _str("gelu_new", "GPT-2 MLP activation", choices=ACTIVATIONS),
+    "resid_pdrop": _float(0.0, "GPT-2 residual dropout", lo=0, hi=1),
+    "embd_pdrop": _float(0.0, "GPT-2 embedding dropout", lo=0, hi=1),
+    "attn_pdrop": _float(0.0, "GPT-2 attention dropout", lo=0, hi=1),
+    "layer_norm_epsilon": _float(1e-5, "GPT-2 layer-norm epsilon", lo=0, hi=1),
+    "initializer_range": _float(0.02, "GPT-2 weight init std", lo=0, hi=10),
+    # --- added by this project --------------------------------------------------------------
+    "seed": _int(42, "seed for python, numpy and torch; a CPU run repeats exactly", lo=0),
+    "output_dir": _str("checkpoints", "where run folders are written"),
+    "cache_dir": _str(".cache", "preprocessed-epoch and operator cache"),
+    "representation": _str("sensor", "what the networks see: scalp EEG or motor-area sources",
+                           choices=("sensor", "source")),
+    "data": {
+        "subjects": _int_list(None, "explicit subject numbers (null: first subject_count)", lo=1, hi=109),
+        "task": _str("imagery", "imagery = runs 4/8/12, execution = runs 3/7/11, both",
+                     choices=("imagery", "execution", "both")),
+        "runs": _int_list(None, "explicit run numbers (overrides task)", lo=1, hi=14),
+        "split": _str("run", "hold out by run or by subject", choices=("run", "subject")),
+        "train_runs": _int_list(None, "split=run: training runs (null: all but the last run)", lo=1, hi=14),
+        "test_runs": _int_list(None, "split=run: test runs (null: the last run)", lo=1, hi=14),
+        "train_subjects": _int_list(None, "split=subject: training subjects (null: all but the test ones)",
+                                    lo=1, hi=109),
+        "test_subjects": _int_list(None, "split=subject: test subjects (null: the last 20%, at least 1)",
+                                   lo=1, hi=109),
+        "val_fraction": _float(0.2, "share of training trials held out for validation", lo=0, hi=0.5),
+        "tmin": _float(0.0, "epoch start relative to the T1/T2 cue, s", lo=-2, hi=10),
+        "tmax": _float(4.0, "epoch end relative to the cue, s (exclusive)", lo=-2, hi=10),
+        "l_freq": _float(4.0, "band-pass low edge, Hz (null: no high-pass)", lo=0, nullable=True),
+        "h_freq": _float(40.0, "band-pass high edge, Hz (null: no low-pass)", lo=0, nullable=True),
+        "resample": _float(None, "resample to this rate, Hz (null: keep 160 Hz)", lo=1, nullable=True),
+        "channels": Spec((str, list), "motor", "'motor' (21 FC/C/CP channels), 'all' (64) or names",
+                         check=_channels_check),
+        "download": _bool(True, "fetch missing EEGBCI files with MNE's fetcher when online"),
+        "normalize": _str("channel", "z-score per channel with training statistics, or none",
+                          choices=("channel", "none")),
+    },
+    "pretrain_data": {
+        "task": _str(None, "gpt2cgan source task (null: same as data.task)",
+                     choices=("imagery", "execution", "both"), nullable=True),
+        "subjects": _int_list(None, "gpt2cgan source subjects (null: same as data)", lo=1, hi=109),
+        "runs": _int_list(None, "gpt2cgan source runs (null: from task)", lo=1, hi=14),
+    },
+    "training": {
+        "checkpoint_every": _int(1, "write a resumable checkpoint every N epochs", lo=1),
+        "num_threads": _int(None, "torch CPU threads (null: all cores)", lo=1, nullable=True),
+        "bf16": _bool(False, "bf16 autocast on CUDA"),
+        "tensorboard": _bool(False, "also log scalars and figures to TensorBoard (if installed)"),
+    },
+    "classifier": {
+        "architecture": _str("shallow", "eegnet, shallow (ShallowConvNet) or stft (C3/Cz/C4 spectrogram CNN)",
+                             choices=("eegnet", "shallow", "stft")),
+        "dropout": _float(0.5, "dropout before the classification layer", lo=0, hi=1),
+        "weight_decay": _float(0.0, "AdamW weight decay", lo=0),
+    },
+    "gan": {
+        "patch_size": _int(16, "time samples per GPT-2 token (tokens = n_times / patch_size)", lo=1),
+        "critic_steps": _int(5, "critic updates per generator update", lo=1),
+        "gp_weight": _float(10.0, "gradient-penalty weight", lo=0),
+        "lr_generator": _float(None, "generator learning rate (null: learning_rate)", lo=0, nullable=True),
+        "lr_critic": _float(None, "critic learning rate (null: learning_rate)", lo=0, nullable=True),
+        "beta1": _float(0.5, "Adam beta1 for both networks", lo=0, hi=1),
+        "beta2": _float(0.9, "Adam beta2 for both networks", lo=0, hi=1),
+        "critic_width": _int(32, "channels of the critic's first conv layer", lo=1),
+        "figure_every": _int(5, "render monitoring figures every N epochs", lo=1),
+    },
+    "finetune": {
+        "adv_weight": _float(1.0, "weight of the adversarial loss while fine-tuning", lo=0),
+        "cls_weight": _float(1.0, "weight of the frozen-classifier loss on generated trials", lo=0),
+    },
+    "source": {},
+    "evaluation": {},
+}
+
+
+def defaults(schema: dict | None = None) -> dict:
+    schema = SCHEMA if schema is None else schema
+    return {k: defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
+
+
+def _type_name(spec: Spec) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    out = " or ".join(dict.fromkeys(names[t] for t in spec.types))
+    return out + (" or null" if spec.nullable else "")
+
+
+def _check_value(key: str, value: Any, spec: Spec) -> Any:
+    if value is None:
+        if spec.nullable:
+            return None
+        raise UserError(f"config key '{key}': must not be null (expected {_type_name(spec)})")
+    # bool is an int subclass in Python: never accept true for a number or 1 for a boolean.
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if not ok:
+        raise UserError(f"config key '{key}': expected {_type_name(spec)}, got {json.dumps(value)}")
+    if float in spec.types and isinstance(value, int):
+        value = float(value)
+    if isinstance(value, float) and value != value:
+        raise UserError(f"config key '{key}': NaN is not allowed")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if spec.lo is not None and value < spec.lo:
+            raise UserError(f"config key '{key}': {value} is below the minimum {spec.lo}")
+        if spec.hi is not None and value > spec.hi:
+            raise UserError(f"config key '{key}': {value} is above the maximum {spec.hi}")
+    if spec.choices is not None and value not in spec.choices:
+        raise UserError(f"config key '{key}': {json.dumps(value)} is not one of {', '.join(spec.choices)}")
+    if spec.item is not None and isinstance(value, list):
+        if not value:
+            raise UserError(f"config key '{key}': the list is empty (use null for the default)")
+        value = [_check_value(f"{key}[{i}]", v, spec.item) for i, v in enumerate(value)]
+    if spec.check is not None:
+        err = spec.check(value)
+        if err:
+            raise UserError(f"config key '{key}': {err}")
+    return value
+
+
+def _canonical(user: dict) -> dict:
+    """Rename the original project's spellings (epoches) to the canonical keys."""
+    user = dict(user)
+    for alias, canon in ALIASES.items():
+        if alias in user:
+            if canon in user:
+                raise UserError(f"config keys '{alias}' and '{canon}' are the same setting; give one")
+            user[canon] = user.pop(alias)
+    return user
+
+
+def _merge(user: Any, schema: dict, prefix: str = "") -> dict:
+    where = f"section '{prefix.rstrip('.')}'" if prefix else "file"
+    if not isinstance(user, dict):
+        raise UserError(f"config {where}: expected a JSON object, got {json.dumps(user)[:40]}")
+    out = defaults(schema)
+    for key, value in user.items():
+        if key not in schema:
+            raise UserError(f"config key '{prefix + key}': unknown key")
+        spec = schema[key]
+        out[key] = (_merge(value, spec, prefix + key + ".") if isinstance(spec, dict)
+                    else _check_value(prefix + key, value, spec))
+    return out
+
+
+def _cross_checks(cfg: dict) -> None:
+    d = cfg["data"]
+    if d["tmax"] <= d["tmin"]:
+        raise UserError(f"config key 'data.tmax': {d['tmax']} must be greater than data.tmin ({d['tmin']})")
+    if d["l_freq"] is not None and d["h_freq"] is not None and d["l_freq"] >= d["h_freq"]:
+        raise UserError(f"config key 'data.l_freq': {d['l_freq']} must be below data.h_freq ({d['h_freq']})")
+    sfreq = d["resample"] or 160.0
+    if d["h_freq"] is not None and d["h_freq"] >= sfreq / 2:
+        raise UserError(f"config key 'data.h_freq': {d['h_freq']} Hz must be below Nyquist ({sfreq / 2} Hz)")
+    if cfg["n_embd"] % cfg["n_head"]:
+        raise UserError(f"config key 'n_head': {cfg['n_head']} does not divide n_embd ({cfg['n_embd']})")
+    if cfg["n_ctx"] != cfg["n_positions"]:
+        raise UserError(f"config key 'n_ctx': {cfg['n_ctx']} must equal n_positions ({cfg['n_positions']}); "
+                        "n_ctx is GPT-2's old name for the same length")
+    if d["split"] == "subject":
+        tr, te = d["train_subjects"], d["test_subjects"]
+        if tr and te and set(tr) & set(te):
+            raise UserError(f"config key 'data.test_subjects': subjects {sorted(set(tr) & set(te))} "
+                            "are also training subjects")
+    else:
+        tr, te = d["train_runs"], d["test_runs"]
+        if tr and te and set(tr) & set(te):
+            raise UserError(f"config key 'data.test_runs': runs {sorted(set(tr) & set(te))} are also training runs")
+
+
+def validate(user: Any) -> dict:
+    """Validate a parsed JSON object and return the full config with defaults filled in."""
+    if not isinstance(user, dict):
+        raise UserError(f"config file: expected a JSON object, got {json.dumps(user)[:40]}")
+    cfg = _merge(_canonical(user), SCHEMA)
+    _cross_checks(cfg)
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"--set {item!r}: empty key")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # bare strings: --set model_name=gpt2cgan
+    return key.split("."), value
+
+
+def apply_overrides(user: Any, overrides: list[str]) -> Any:
+    """Apply `--set a.b=VALUE` overrides to the raw user dict (validated afterwards)."""
+    if not overrides:
+        return user
+    if not isinstance(user, dict):
+        raise UserError(f"config file: expected a JSON object, got {json.dumps(user)[:40]}")
+    user = _canonical(copy.deepcopy(user))
+    for item in overrides:
+        path, value = _parse_override(item)
+        if len(path) == 1:
+            path[0] = ALIASES.get(path[0], path[0])
+        node, schema = user, SCHEMA
+        for i, part in enumerate(path):
+            if part not in schema:
+                raise UserError(f"--set {item!r}: unknown key '{'.'.join(path[:i + 1])}'")
+            last = i == len(path) - 1
+            if last == isinstance(schema[part], dict):
+                kind = "a section; set one of its keys" if last else "not a section"
+                raise UserError(f"--set {item!r}: '{'.'.join(path[:i + 1])}' is {kind}")
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise UserError(f"--set {item!r}: config section '{part}' is not a JSON object")
+                schema = schema[part]
+    return user
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path}: cannot be read ({e.__class__.__name__})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"config file {path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def load_config(path: str | Path = "config/config.json", overrides: list[str] | None = None) -> dict:
+    return validate(apply_overrides(read_json(path), overrides or []))
+
+
+def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) rows, for the README's config reference."""
+    rows = []
+    for k, v in (SCHEMA if schema is None else schema).items():
+        if isinstance(v, dict):
+            rows += reference_rows(v, prefix + k + ".")
+        else:
+            rows.append((prefix + k, _type_name(v), json.dumps(v.default), v.help))
+    return rows
