@@ -138,6 +138,18 @@ def split(data: EpochSet, cfg: dict, data_cfg: dict | None = None, seed: int | N
     return out
 
 
+def pretrain_data_cfg(cfg: dict) -> dict:
+    """`data` with the non-null `pretrain_data` entries (gpt2cgan's source task/subjects) applied."""
+    d = dict(cfg["data"])
+    for k, v in cfg["pretrain_data"].items():
+        if v is not None:
+            d[k] = v
+    if cfg["pretrain_data"]["task"] is not None and cfg["pretrain_data"]["runs"] is None:
+        d["runs"] = None
+        d["train_runs"] = d["test_runs"] = None  # runs of another task: derive the split from them
+    return d
+
+
 def load_splits(cfg: dict, data_cfg: dict | None = None, seed: int | None = None, progress: bool = True) -> Splits:
     data_cfg = cfg["data"] if data_cfg is None else data_cfg
     return split(load_recordings(cfg, data_cfg, progress), cfg, data_cfg, seed)
@@ -196,9 +208,17 @@ def shuffle_buffer_order(n: int, buffer_size: int, rng: np.random.Generator) -> 
 
 
 def epoch_order(n: int, buffer_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """Trial order of one epoch, a pure function of (seed, epoch): resuming replays it exactly."""
+    """Trial order of one epoch, a pure function of (seed, epoch): resuming replays it exactly.
+
+    With a buffer that holds every trial this is the permutation DistributedSampler draws, so a
+    single-process run and a multi-process run with the same global batch see the same batches.
+    """
     if not shuffle:
         return np.arange(n)
+    if buffer_size >= n:
+        from utils.distributed import epoch_permutation
+
+        return epoch_permutation(n, seed, epoch)
     return shuffle_buffer_order(n, buffer_size, np.random.default_rng([seed, epoch]))
 
 
