@@ -180,7 +180,8 @@ def defaults(schema: dict | None = None) -> dict:
 
 def _type_name(spec: Spec) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
-    out = " or ".join(dict.fromkeys(names[t] for t in spec.types))
+    types = [t for t in spec.types if not (t is int and float in spec.types)]
+    out = " or ".join(dict.fromkeys(names[t] for t in types))
     return out + (" or null" if spec.nullable else "")
 
 
