@@ -152,6 +152,17 @@ SCHEMA: dict[str, Any] = {
                              choices=("eegnet", "shallow", "stft")),
         "dropout": _float(0.5, "dropout before the classification layer", lo=0, hi=1),
         "weight_decay": _float(0.0, "AdamW weight decay", lo=0),
+        "schedule": _str("cosine", "learning-rate schedule: warm-up then cosine decay to 0, or constant",
+                         choices=("cosine", "constant")),
+        "warmup_epochs": _int(0, "cosine schedule: epochs of linear warm-up", lo=0),
+        "patience": _int(None, "stop after this many epochs without a better validation accuracy (null: never)",
+                         lo=1, nullable=True),
+        "label_smoothing": _float(0.0, "label smoothing of the cross-entropy loss", lo=0, hi=0.5),
+        "augment_shift_s": _float(0.0, "training augmentation: random circular time shift up to +-this, s",
+                                  lo=0, hi=10),
+        "augment_scale": _float(0.0, "training augmentation: amplitude scaled by 1 + this * N(0, 1)", lo=0, hi=1),
+        "alignment": _str("none", "euclidean: whiten each subject by its training trials' mean covariance",
+                          choices=("none", "euclidean")),
     },
     "gan": {
         "patch_size": _int(16, "time samples per GPT-2 token (tokens = n_times / patch_size)", lo=1),
@@ -163,13 +174,52 @@ SCHEMA: dict[str, Any] = {
         "beta2": _float(0.9, "Adam beta2 for both networks", lo=0, hi=1),
         "critic_width": _int(32, "channels of the critic's first conv layer", lo=1),
         "figure_every": _int(5, "render monitoring figures every N epochs", lo=1),
+        "spectral_critic": _bool(True, "critic also sees learned-spatial-filter log band power (4-40 Hz, 2 Hz bins)"),
+        "adv_weight": _float(1.0, "weight of the WGAN adversarial term in the generator loss", lo=0),
+        "moment_weight": _float(1.0, "class-conditional matching of per-channel log band power (mean, std) and "
+                                "band-passed spatial covariance, generated vs real", lo=0),
+        "psd_weight": _float(1.0, "class-conditional matching of the log class-mean power spectrum per channel",
+                             lo=0),
     },
     "finetune": {
         "adv_weight": _float(1.0, "weight of the adversarial loss while fine-tuning", lo=0),
         "cls_weight": _float(1.0, "weight of the frozen-classifier loss on generated trials", lo=0),
     },
-    "source": {},
-    "evaluation": {},
+    "source": {
+        "head_model": _str("auto", "auto (fsaverage if a local copy exists, else sphere), sphere, or fsaverage "
+                           "(fetched when online)", choices=("auto", "sphere", "fsaverage")),
+        "spacing_mm": _float(8.0, "sphere model: distance between neighbouring dipoles on the cortical shell, mm",
+                             lo=3, hi=30),
+        "shell_fraction": _float(0.8, "sphere model: cortical-shell radius as a fraction of the fitted head radius",
+                                 lo=0.3, hi=0.89),
+        "method": _str("sLORETA", "inverse method", choices=("sLORETA", "dSPM", "MNE")),
+        "snr": _float(3.0, "assumed SNR of the data; lambda2 = 1 / snr**2", lo=0.1, hi=100),
+        "depth": _float(0.8, "depth-weighting exponent of the minimum-norm prior (0: none)", lo=0, hi=1),
+        "noise_cov": _str("ledoit_wolf", "estimator of the noise covariance of the training rest (T0) epochs",
+                          choices=("empirical", "ledoit_wolf", "shrunk", "oas")),
+        "roi_channels": Spec((list,), ["FC5", "FC3", "FC1", "FCz", "FC2", "FC4", "FC6", "C5", "C3", "C1", "Cz",
+                                       "C2", "C4", "C6", "CP5", "CP3", "CP1", "CPz", "CP2", "CP4", "CP6"],
+                             "electrodes that anchor the motor ROI (default: the FC/C/CP motor strip)",
+                             item=_str(None, "")),
+        "roi_radius_mm": _float(10.0, "ROI = sources within this distance of an anchor (the source nearest each "
+                                "roi_channels electrode), mm", lo=1, hi=200),
+    },
+    "evaluation": {
+        "n_per_class": _int(None, "generated trials per class for train-on-synthetic (null: as many as real "
+                            "training trials)", lo=1, nullable=True),
+        "augment_trials": _int_list([5, 10, 20], "augmentation gain: real training trials per class", lo=1,
+                                    nullable=False),
+        "augment_seeds": _int(3, "augmentation gain: random draws of the real trials per setting", lo=1),
+        "augment_per_class": _int(40, "augmentation gain: generated trials added per class", lo=1),
+        "classifier_steps": _int(40, "Adam steps of each evaluation classifier (fixed budget, any set size)", lo=1),
+        "classifier_batch": _int(32, "trials per step of the evaluation classifiers", lo=1),
+        "classifier_lr": _float(0.003, "Adam learning rate of the evaluation classifiers", lo=0, hi=1),
+        "architecture": _str(None, "evaluation classifier (null: classifier.architecture)",
+                             choices=("eegnet", "shallow", "stft"), nullable=True),
+        "fd_dims": _int(32, "Frechet distance: leading principal components of the classifier features", lo=1),
+        "csp_components": _int(6, "CSP filters of the CSP+LDA decoder", lo=2),
+        "figures": _bool(True, "render the report figures"),
+    },
 }
 
 
@@ -198,6 +248,8 @@ def _check_value(key: str, value: Any, spec: Spec) -> Any:
         value = float(value)
     if isinstance(value, float) and value != value:
         raise UserError(f"config key '{key}': NaN is not allowed")
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        raise UserError(f"config key '{key}': {value} is not a finite number")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if spec.lo is not None and value < spec.lo:
             raise UserError(f"config key '{key}': {value} is below the minimum {spec.lo}")
@@ -345,3 +397,15 @@ def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[s
         else:
             rows.append((prefix + k, _type_name(v), json.dumps(v.default), v.help))
     return rows
+
+
+def reference_markdown() -> str:
+    """The config reference as a markdown table (README's config section is generated from it)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, typ, default, meaning in reference_rows():
+        lines.append(f"| `{key}` | {typ} | `{default}` | {meaning.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m config.schema: print the reference table
+    print(reference_markdown())

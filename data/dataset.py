@@ -26,6 +26,7 @@ class EpochSet:
     ch_pos: np.ndarray | None = None          # (n_chans, 3) head coordinates, m
     rest: np.ndarray | None = None            # T0 epochs, same shape per trial
     rest_subject: np.ndarray | None = None
+    rest_run: np.ndarray | None = None        # so a split keeps only its own runs' rest (noise covariance)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -42,10 +43,15 @@ class EpochSet:
         keep_rest = None
         if self.rest is not None and self.rest_subject is not None:
             keep_rest = np.isin(self.rest_subject, np.unique(self.subject[mask]))
+            if self.rest_run is not None:  # rest of the selected (subject, run) recordings only
+                pairs = set(zip(self.subject[mask].tolist(), self.run[mask].tolist()))
+                keep_rest &= np.array([p in pairs for p in zip(self.rest_subject.tolist(),
+                                                                self.rest_run.tolist())], bool)
         return EpochSet(self.X[mask], self.y[mask], self.subject[mask], self.run[mask], self.sfreq,
                         list(self.ch_names), self.ch_pos,
                         None if keep_rest is None else self.rest[keep_rest],
-                        None if keep_rest is None else self.rest_subject[keep_rest])
+                        None if keep_rest is None else self.rest_subject[keep_rest],
+                        None if keep_rest is None or self.rest_run is None else self.rest_run[keep_rest])
 
 
 def load_recordings(cfg: dict, data_cfg: dict | None = None, progress: bool = True) -> EpochSet:
@@ -76,7 +82,8 @@ def load_recordings(cfg: dict, data_cfg: dict | None = None, progress: bool = Tr
         run=cat([np.full(len(it["y"]), r) for _, r, it in parts]),
         sfreq=first["sfreq"], ch_names=first["ch_names"], ch_pos=first["ch_pos"],
         rest=cat([it["rest"] for _, _, it in parts]),
-        rest_subject=cat([np.full(len(it["rest"]), s) for s, _, it in parts]))
+        rest_subject=cat([np.full(len(it["rest"]), s) for s, _, it in parts]),
+        rest_run=cat([np.full(len(it["rest"]), r) for _, r, it in parts]))
 
 
 @dataclass
@@ -85,6 +92,8 @@ class Splits:
     val: EpochSet
     test: EpochSet
     info: dict = field(default_factory=dict)
+    source: object | None = None              # representation=source: data.sources.SourceModel
+    sensor: "Splits | None" = None            # representation=source: the matching sensor-space splits
 
 
 def _stratified_holdout(y: np.ndarray, groups: np.ndarray, fraction: float, rng) -> np.ndarray:
@@ -152,6 +161,10 @@ def pretrain_data_cfg(cfg: dict) -> dict:
 
 def load_splits(cfg: dict, data_cfg: dict | None = None, seed: int | None = None, progress: bool = True) -> Splits:
     data_cfg = cfg["data"] if data_cfg is None else data_cfg
+    if cfg.get("representation") == "source":  # motor-area sources, fitted on the training part
+        from data.sources import load_source_splits
+
+        return load_source_splits(cfg, data_cfg, seed, progress)
     return split(load_recordings(cfg, data_cfg, progress), cfg, data_cfg, seed)
 
 

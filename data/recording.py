@@ -37,15 +37,28 @@ def _read_raw(path: Path):
     import mne
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            raw = mne.io.read_raw(str(path), preload=True, verbose="error")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            raw = mne.io.read_raw(str(path), preload=True, verbose="warning")
     except Exception as e:  # MNE raises many types for corrupt files; all mean "unreadable"
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else e.__class__.__name__
         raise UserError(f"{path}: not a readable EEG recording ({reason})") from None
+    # MNE reads a cut-off EDF/BDF silently (only a warning) and returns fewer trials.
+    if any("does not match the file size" in str(w.message) for w in caught) and _declared_records(path) > 0:
+        raise UserError(f"{path}: truncated recording (the header declares more data than the file holds); "
+                        "download it again")
     if raw.n_times == 0 or len(raw.ch_names) == 0:
         raise UserError(f"{path}: recording holds no samples")
     return raw
+
+
+def _declared_records(path: Path) -> int:
+    """Data-record count in an EDF/BDF header (-1: unknown, as in recordings never closed)."""
+    try:
+        with open(path, "rb") as fh:
+            return int(fh.read(256)[236:244].decode("ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return -1
 
 
 def standard_montage():

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state, write_json
+from utils.checkpoint import (flatten_state, load_checkpoint, restore_interrupted, save_checkpoint,
+                              unflatten_state, write_json)
 from utils.errors import UserError
 from utils.runs import mark_latest, new_run_dir
 
@@ -45,6 +46,8 @@ def run_training(cfg: dict, trainer, device: torch.device, run_dir: Path | None 
     t0 = time.time()
     if run_dir is None:
         run_dir = new_run_dir(cfg) if is_main else None
+    if resume and (Path(run_dir) / "config.json").is_file():
+        check_compatible(json.loads((Path(run_dir) / "config.json").read_text()), cfg)
     if is_main:
         write_json(Path(run_dir) / "config.json", cfg)
     results = []
@@ -55,7 +58,7 @@ def run_training(cfg: dict, trainer, device: torch.device, run_dir: Path | None 
         if resume and done.is_file():
             results.append(json.loads(done.read_text()))
             continue
-        res = trainer.train_round(cfg, rd, device, cfg["seed"] + i, resume and (rd / CKPT).exists())
+        res = trainer.train_round(cfg, rd, device, cfg["seed"] + i, resume and has_checkpoint(rd))
         res = {"round": i, "seed": cfg["seed"] + i, **res}
         if is_main:
             write_json(done, res)
@@ -104,6 +107,13 @@ def _from_json(x):
 
 # --- resumable training checkpoints ----------------------------------------------------------
 
+def has_checkpoint(round_dir: Path) -> bool:
+    """A resumable checkpoint exists (one caught between its two renames by a kill is put back)."""
+    folder = Path(round_dir) / CKPT
+    restore_interrupted(folder)
+    return folder.is_dir()
+
+
 def save_training_state(round_dir: Path, models: dict[str, torch.nn.Module],
                         optims: dict[str, torch.optim.Optimizer], counters: dict, extra: dict | None = None,
                         cfg: dict | None = None) -> None:
@@ -144,7 +154,7 @@ def load_training_state(round_dir: Path, models: dict[str, torch.nn.Module],
 
 
 # Keys that may differ between an interrupted run and its resumption.
-RESUME_FREE_KEYS = {"epochs", "gpu", "gpu_id", "training"}
+RESUME_FREE_KEYS = {"epochs", "gpu", "gpu_id", "training", "data_path", "cache_dir", "output_dir"}
 
 
 def check_compatible(saved: dict, cfg: dict) -> None:
@@ -186,7 +196,83 @@ class MetricsLog:
 
 
 def check_finite(value: float, what: str, epoch: int, step: int) -> None:
-    """Divergence guard: a NaN/inf loss stops the run; the last checkpoint stays as it was."""
+    """Divergence guard: a NaN/inf loss stops the run; the last checkpoint stays as it was.
+
+    Under DDP the value is summed over ranks first, so every rank stops at the same step instead
+    of one rank raising while the others wait in the next all-reduce.
+    """
+    from utils.distributed import all_reduce_sum
+
+    value = all_reduce_sum(value)
     if not math.isfinite(value):
         raise UserError(f"training diverged: {what} is {value} at epoch {epoch}, step {step}; "
                         "the last good checkpoint is kept (lower learning_rate and resume)")
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------
+
+class GracefulInterrupt:
+    """Ctrl-C (SIGINT) or SIGTERM becomes a request that `check()` honours at the next step
+    boundary, so the checkpoint written on the way out holds a consistent state and resumes
+    exactly. A second Ctrl-C stops at once without saving (exit code 130; the previous checkpoint
+    is kept). Under DDP the request is shared, so all ranks stop after the same step.
+
+        stop = GracefulInterrupt().start()
+        try:
+            for step ...:
+                ...
+                stop.check()      # raises KeyboardInterrupt when asked to stop
+        except KeyboardInterrupt:
+            save the checkpoint; raise
+        finally:
+            stop.close()
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict = {}
+
+    def __enter__(self) -> "GracefulInterrupt":
+        return self.start()
+
+    def start(self) -> "GracefulInterrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        import sys
+
+        if self.requested:
+            self._restore()
+            raise SystemExit(130)
+        self.requested = True
+        print("\ninterrupted: finishing the current step, then saving a checkpoint (Ctrl-C again: stop "
+              "without saving)", file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        from utils.distributed import all_reduce_sum
+
+        if all_reduce_sum(float(self.requested)) > 0:
+            self.requested = True
+            raise KeyboardInterrupt
+
+    def _restore(self) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def close(self) -> None:
+        self._restore()
+
+    def __exit__(self, *exc) -> None:
+        self._restore()

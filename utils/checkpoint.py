@@ -135,6 +135,9 @@ def _restore_old(folder: Path) -> None:
         os.replace(old, folder)
 
 
+restore_interrupted = _restore_old  # public name: put back a checkpoint a kill left between renames
+
+
 def load_checkpoint(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """Read a checkpoint folder. Only safetensors and JSON are read; a pickle file is refused."""
     folder = Path(folder)

@@ -1,0 +1,312 @@
+"""`model_name = classifier`: a CNN that tells imagined left from right fist movement.
+
+One round: load the leak-free splits, fit the standardizer on training trials only, train with
+AdamW, pick the epoch with the best VALIDATION accuracy (the test split is touched once, at the
+end), and write into the round folder:
+
+  classifier.safetensors   weights of the selected epoch
+  classifier.json          what is needed to rebuild and feed it (architecture, shapes, channel
+                           names, standardizer state, representation)
+  metrics.jsonl            one row per epoch: train/val loss and accuracy, learning rate, time
+  curves.png               loss and accuracy curves
+  checkpoint/              resumable state (weights, best weights, optimiser, RNGs, counters)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data.dataset import Standardizer, batches, epoch_order, load_splits
+from models import build_classifier
+from trainers.common import (CKPT, GracefulInterrupt, MetricsLog, check_finite, load_training_state,
+                             save_training_state)
+from utils.distributed import all_reduce_mean, is_main, local_slice, wrap_model
+from utils.checkpoint import write_json
+from utils.errors import UserError
+from utils.runs import resolve_run_dir
+from utils.runtime import seed_everything
+
+WEIGHTS, META = "classifier.safetensors", "classifier.json"
+
+
+# --- data preparation ---------------------------------------------------------------------------
+
+def _covariance_whitener(X: np.ndarray) -> np.ndarray:
+    """R^{-1/2} of the mean trial covariance (Euclidean alignment, He & Wu 2019)."""
+    Xc = X.astype(np.float64)
+    covs = np.einsum("nct,ndt->ncd", Xc, Xc) / X.shape[2]
+    R = covs.mean(0)
+    w, V = np.linalg.eigh(R)
+    w = np.maximum(w, w.max() * 1e-10)
+    return (V / np.sqrt(w)) @ V.T
+
+
+def align(sets: dict, mode: str) -> dict:
+    """Per-subject Euclidean alignment: each subject's trials are whitened with the mean covariance
+    of that subject's TRAINING trials (labels never used). A subject with no training trials (a
+    held-out test subject) is whitened with its own trials' mean covariance, still without labels."""
+    if mode == "none":
+        return sets
+    train = sets["train"]
+    out = {}
+    for name, es in sets.items():
+        X = es.X.copy()
+        for s in np.unique(es.subject):
+            ref = train.X[train.subject == s]
+            if len(ref) == 0:
+                ref = es.X[es.subject == s]
+            W = _covariance_whitener(ref).astype(np.float32)
+            m = es.subject == s
+            X[m] = np.einsum("cd,ndt->nct", W, es.X[m])
+        out[name] = copy.copy(es)
+        out[name].X = X
+    return out
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def _unwrap(m):
+    return m.module if hasattr(m, "module") else m
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, X: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits for every trial, in eval mode (dropout off, batch-norm running statistics)."""
+    was = model.training
+    model.eval()
+    out = [model(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def _score(model, X: torch.Tensor, y: torch.Tensor) -> tuple[float, float, np.ndarray]:
+    if len(y) == 0:
+        return float("nan"), float("nan"), np.zeros(0, np.int64)
+    logits = predict(model, X)
+    loss = float(F.cross_entropy(logits, y))
+    pred = logits.argmax(1)
+    return loss, float((pred == y).float().mean()), pred.cpu().numpy()
+
+
+def _lr_at(cfg: dict, epoch: int) -> float:
+    """Learning rate of an epoch: linear warm-up then cosine decay to 0 (or constant)."""
+    base, c = cfg["learning_rate"], cfg["classifier"]
+    if c["schedule"] == "constant":
+        return base
+    warm = c["warmup_epochs"]
+    if epoch < warm:
+        return base * (epoch + 1) / (warm + 1)
+    span = max(1, cfg["epochs"] - warm)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warm) / span)))
+
+
+def _augment(x: torch.Tensor, cfg: dict, gen_noise: torch.Tensor, gen_shift: torch.Tensor) -> torch.Tensor:
+    """Label-preserving jitter: a random circular time shift and a random amplitude scale per trial."""
+    c = cfg["classifier"]
+    if c["augment_shift_s"] > 0:
+        x = torch.stack([torch.roll(xi, int(s), dims=-1) for xi, s in zip(x, gen_shift.tolist())])
+    if c["augment_scale"] > 0:
+        x = x * (1 + c["augment_scale"] * gen_noise)[:, None, None]
+    return x
+
+
+def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume: bool = False) -> dict:
+    round_dir = Path(round_dir)
+    main = is_main()
+    seed_everything(seed)
+    splits = load_splits(cfg, seed=seed, progress=main)
+    sets = align({"train": splits.train, "val": splits.val, "test": splits.test}, cfg["classifier"]["alignment"])
+    train, val, test = sets["train"], sets["val"], sets["test"]
+    std = Standardizer.fit(train.X, cfg["data"]["normalize"])
+
+    def tensors(es):
+        return (torch.from_numpy(std.transform(es.X)).to(device), torch.from_numpy(es.y).long().to(device))
+
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = tensors(train), tensors(val), tensors(test)
+    c = cfg["classifier"]
+    arch = dict(architecture=c["architecture"], n_chans=train.n_chans, n_times=train.n_times, sfreq=train.sfreq,
+                ch_names=list(train.ch_names), n_outputs=cfg["class_count"], dropout=c["dropout"])
+    model = build_classifier(**arch).to(device)
+    best = copy.deepcopy(model).eval()
+    net = wrap_model(model, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=c["weight_decay"])
+
+    counters = {"epoch": 0, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
+    extra = {"best_val_accuracy": -1.0, "best_val_loss": float("inf"), "train_time_s": 0.0, "samples": 0}
+    if resume:
+        counters, extra = load_training_state(round_dir, {"model": model, "best": best}, {"model": opt}, cfg)
+    log = MetricsLog(round_dir / "metrics.jsonl", keep_until=counters["epoch"] if resume else None) if main else None
+
+    n, bs, epochs = len(ytr), cfg["batch_size"], cfg["epochs"]
+    shift_max = int(round(c["augment_shift_s"] * train.sfreq))
+    bar = tqdm(range(counters["epoch"], epochs), desc=f"classifier {c['architecture']}", unit="epoch",
+               disable=not main, initial=counters["epoch"], total=epochs)
+
+    def checkpoint():
+        if main:
+            save_training_state(round_dir, {"model": model, "best": best}, {"model": opt},
+                                counters=counters, extra=extra, cfg=cfg)
+
+    stop = GracefulInterrupt().start()  # Ctrl-C is honoured at the next epoch boundary
+    try:
+        for epoch in bar:
+            if counters["stopped"]:
+                break
+            t0 = time.time()
+            lr = _lr_at(cfg, epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            net.train()
+            loss_sum = correct = seen = 0.0
+            for step, idx in enumerate(batches(epoch_order(n, cfg["buffer_size"], seed, epoch), bs)):
+                # Randomness for the GLOBAL batch, then this rank's slice: same draws whatever the world size.
+                noise, shift = torch.randn(len(idx)), torch.randint(-shift_max, shift_max + 1, (len(idx),))
+                sl = local_slice(len(idx))
+                if sl.start >= sl.stop:  # DDP: a last batch smaller than the world size
+                    continue
+                idx_t = torch.as_tensor(idx[sl], device=device)
+                xb = _augment(Xtr[idx_t], cfg, noise[sl].to(device), shift[sl])
+                yb = ytr[idx_t]
+                logits = net(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=c["label_smoothing"])
+                check_finite(float(loss), "classifier loss", epoch + 1, step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss) * len(yb)
+                correct += float((logits.argmax(1) == yb).sum())
+                seen += len(yb)
+            dt = time.time() - t0
+            extra["train_time_s"] += dt
+            extra["samples"] += n
+            tr_loss, tr_acc = all_reduce_mean(loss_sum / max(seen, 1)), all_reduce_mean(correct / max(seen, 1))
+            va_loss, va_acc, _ = _score(model, Xva, yva)
+            counters["epoch"] = epoch + 1
+            improved = len(yva) == 0 or va_acc > extra["best_val_accuracy"] or (
+                va_acc == extra["best_val_accuracy"] and va_loss < extra["best_val_loss"])
+            if improved:
+                best.load_state_dict(model.state_dict())
+                extra["best_val_accuracy"], extra["best_val_loss"] = va_acc, va_loss
+                counters["best_epoch"], counters["bad_epochs"] = epoch + 1, 0
+            else:
+                counters["bad_epochs"] += 1
+            if c["patience"] is not None and counters["bad_epochs"] >= c["patience"]:
+                counters["stopped"] = True
+            if main:
+                log.append({"epoch": epoch + 1, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
+                            "val_accuracy": va_acc, "lr": lr, "epoch_time_s": round(dt, 4)})
+                bar.set_postfix(loss=f"{tr_loss:.3f}", val_acc=f"{va_acc:.3f}")
+            if counters["stopped"] or (epoch + 1) % cfg["training"]["checkpoint_every"] == 0 or epoch + 1 == epochs:
+                checkpoint()
+            if counters["stopped"]:
+                break
+            stop.check()
+    except KeyboardInterrupt:
+        checkpoint()
+        raise
+    finally:
+        stop.close()
+        bar.close()
+
+    # The test split is scored once, with the weights chosen on validation.
+    te_loss, te_acc, te_pred = _score(best, Xte, yte)
+    per_subject = {f"S{int(s):03d}": float((te_pred[test.subject == s] == test.y[test.subject == s]).mean())
+                   for s in np.unique(test.subject)}
+    meta = {**arch, "n_params": sum(p.numel() for p in best.parameters()), "standardizer": std.state(),
+            "normalize": cfg["data"]["normalize"], "alignment": c["alignment"], "representation": cfg["representation"],
+            "classes": ["left", "right"], "best_epoch": counters["best_epoch"], "data": cfg["data"]}
+    if main:
+        _save_weights(best, round_dir / WEIGHTS)
+        write_json(round_dir / META, meta)
+        plot_curves(log.rows(), round_dir / "curves.png", counters["best_epoch"])
+    epochs_done = counters["epoch"]
+    t = max(extra["train_time_s"], 1e-9)
+    return {
+        "architecture": c["architecture"], "epochs_completed": epochs_done, "stopped_early": counters["stopped"],
+        "best_epoch": counters["best_epoch"],
+        "best_val_accuracy": None if len(yva) == 0 else extra["best_val_accuracy"],
+        "test_accuracy": te_acc, "test_loss": te_loss, "test_accuracy_per_subject": per_subject,
+        "n_train": len(ytr), "n_val": len(yva), "n_test": len(yte), "n_params": meta["n_params"],
+        "train_samples_per_s": round(extra["samples"] / t, 1), "s_per_epoch": round(t / max(epochs_done, 1), 4),
+        "split": splits.info,
+    }
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}, tmp,
+                  metadata={"format": "pt"})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plot_curves(rows: list[dict], path: Path, best_epoch: int | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, what in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "-"), ("val", "--")):
+            vals = [r.get(f"{split}_{what}") for r in rows]
+            ax.plot(ep, [np.nan if v is None else v for v in vals], style, label=split)
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", lw=0.8, ls=":", label="selected (best val)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[1].axhline(0.5, color="k", lw=0.5)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def load_classifier(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """A trained classifier in eval mode with frozen weights, and its metadata (incl. a Standardizer).
+
+    `run_dir` may be a run folder, `<output_dir>/classifier/latest` or the model folder; a run with
+    several rounds gives round-0's model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    run = resolve_run_dir(run_dir, "classifier run folder")
+    folder = run if (run / META).is_file() else run / "round-0"
+    if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
+        raise UserError(f"classifier run folder {run_dir}: no {META}/{WEIGHTS} (unfinished or not a classifier run)")
+    try:
+        meta = json.loads((folder / META).read_text())
+        model = build_classifier(meta["architecture"], meta["n_chans"], meta["n_times"], meta["sfreq"],
+                                 meta["ch_names"], meta.get("n_outputs", 2), meta.get("dropout", 0.5))
+        state = load_file(str(folder / WEIGHTS))
+        model.load_state_dict(state)
+    except (OSError, json.JSONDecodeError, KeyError, SafetensorError, RuntimeError) as e:
+        raise UserError(f"classifier run folder {run_dir}: cannot load the model "
+                        f"({str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__})") from None
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    meta["standardizer"] = Standardizer.from_state(meta["standardizer"])
+    return model, meta

@@ -1,0 +1,124 @@
+"""gpt2xcnn / gpt2scnn: fine-tune a pretrained GPT-2 GAN on the target data through a frozen classifier.
+
+The generator and critic come from `pretrained_finetune_path` (a gpt2cgan run folder or
+`checkpoints/gpt2cgan/latest`); the classifier from `pretrained_classifier_path` (a classifier
+run). gpt2xcnn needs a temporal CNN (eegnet or shallow), gpt2scnn the C3/Cz/C4 spectrogram CNN
+(stft). Training runs the gpt2cgan loop (WGAN-GP + moment/spectrum terms) on the target data
+(`data` section), with the generator loss
+
+    finetune.adv_weight * adversarial + moment/psd terms + finetune.cls_weight * CE(classifier(G(z, y)), y)
+
+so generated trials stay realistic and decode as their class. `fine_tune = false` trains the same
+objective from freshly initialised networks (the ablation). The classifier has its own
+Standardizer: generated trials are mapped generator units -> volts -> classifier units.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.dataset import Standardizer, load_splits
+from trainers.gan import build_models, fit_gan
+from utils import distributed as dist
+from utils.errors import UserError
+from utils.runtime import seed_everything
+
+CLASSIFIER_KINDS = {"gpt2xcnn": ("eegnet", "shallow"), "gpt2scnn": ("stft",)}
+
+
+def check_matches(what: str, meta: dict, train, representation: str) -> None:
+    """A checkpoint must have been trained on trials shaped like the configured target data."""
+    if list(meta["ch_names"]) != list(train.ch_names):
+        theirs, ours = list(meta["ch_names"]), list(train.ch_names)
+        diff = sorted(set(theirs) ^ set(ours))[:5] or ["(same names, other order)"]
+        raise UserError(f"{what}: trained on {len(theirs)} channels, the configured data has {len(ours)} "
+                        f"(differing: {', '.join(diff)}); match data.channels")
+    if int(meta["n_times"]) != train.n_times:
+        raise UserError(f"{what}: trained on {meta['n_times']}-sample trials, the configured data gives "
+                        f"{train.n_times}; match data.tmin/data.tmax/data.resample")
+    if abs(float(meta["sfreq"]) - float(train.sfreq)) > 1e-6:
+        raise UserError(f"{what}: trained at {meta['sfreq']} Hz, the configured data is at {train.sfreq} Hz; "
+                        "match data.resample")
+    if meta.get("representation", "sensor") != representation:
+        raise UserError(f"{what}: trained on representation {meta.get('representation')!r}, the config asks "
+                        f"for {representation!r}")
+
+
+def load_frozen_classifier(cfg: dict, device):
+    from trainers.classifier import load_classifier
+
+    model, meta = load_classifier(cfg["pretrained_classifier_path"], device)
+    kinds = CLASSIFIER_KINDS[cfg["model_name"]]
+    if meta["architecture"] not in kinds:
+        raise UserError(f"config key 'pretrained_classifier_path': {cfg['model_name']} needs a "
+                        f"{' or '.join(kinds)} classifier, {cfg['pretrained_classifier_path']} is "
+                        f"{meta['architecture']!r}")
+    if meta.get("alignment", "none") != "none":
+        raise UserError(f"config key 'pretrained_classifier_path': the classifier was trained with "
+                        f"classifier.alignment={meta['alignment']!r}, which needs a subject's trials; generated "
+                        "trials have no subject (train it with alignment none)")
+    return model, meta
+
+
+def classifier_loss(classifier, gen_std: Standardizer, cls_std: Standardizer, weight: float, device):
+    """Frozen-classifier cross-entropy on generated trials, as a generator-loss term."""
+    # generator units -> volts -> classifier units, folded into one per-channel affine map.
+    scale = torch.from_numpy(gen_std.std / cls_std.std).float().to(device)[:, None]
+    shift = torch.from_numpy((gen_std.mean - cls_std.mean) / cls_std.std).float().to(device)[:, None]
+
+    def loss(fake: torch.Tensor, y: torch.Tensor):
+        logits = classifier(fake * scale + shift)
+        ce = F.cross_entropy(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        return weight * ce, {"classifier_loss": ce.item(), "classifier_accuracy": acc.item()}
+
+    return loss
+
+
+def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume: bool = False) -> dict:
+    from trainers.generate import load_generator
+
+    seed_everything(seed)
+    classifier, cmeta = load_frozen_classifier(cfg, device)
+    bundle = load_generator(cfg["pretrained_finetune_path"], device, with_critic=True) if cfg["fine_tune"] else None
+    splits = load_splits(cfg, seed=seed, progress=dist.is_main())
+    train = splits.train
+    check_matches(f"classifier {cfg['pretrained_classifier_path']}", cmeta, train, cfg["representation"])
+    if bundle is not None:
+        check_matches(f"pretrained GAN {cfg['pretrained_finetune_path']}", bundle.meta, train, cfg["representation"])
+        # Keep the pretrained networks' architecture and output units (its Standardizer).
+        generator, critic, standardizer = bundle.generator, bundle.critic, bundle.standardizer
+        generator.train().requires_grad_(True)
+        critic.train().requires_grad_(True)
+    else:
+        standardizer = Standardizer.fit(train.X, cfg["data"]["normalize"])
+        generator, critic = build_models(cfg, train.n_chans, train.n_times, train.sfreq)
+    extra = classifier_loss(classifier, standardizer, cmeta["standardizer"], cfg["finetune"]["cls_weight"], device)
+    meta_extra = {"fine_tune": cfg["fine_tune"], "data": splits.info,
+                  "pretrained_from": str(bundle.folder) if bundle is not None else None,
+                  "classifier_from": str(cfg["pretrained_classifier_path"]),
+                  "classifier_architecture": cmeta["architecture"]}
+    summary = fit_gan(cfg, round_dir, device, seed, resume, splits, standardizer, generator, critic,
+                      extra_loss=extra, meta_extra=meta_extra, adv_weight=cfg["finetune"]["adv_weight"])
+    if dist.is_main():
+        summary.update(_classifier_on_generated(classifier, splits, standardizer, cmeta["standardizer"],
+                                                generator, seed, device))
+    return summary
+
+
+def _classifier_on_generated(classifier, splits, gen_std, cls_std, generator, seed, device) -> dict:
+    """Frozen classifier's accuracy on fresh generated trials vs on the real test trials."""
+    from trainers.gan import generate
+
+    n = max(int(np.bincount(splits.test.y, minlength=2).max()), 2)
+    fake, y = generate(generator, n, seed + 2, device)
+    volts = gen_std.inverse(fake.numpy())
+    with torch.no_grad():
+        acc_gen = (classifier(torch.from_numpy(cls_std.transform(volts)).to(device)).argmax(1).cpu() == y) \
+            .float().mean().item()
+        acc_real = (classifier(torch.from_numpy(cls_std.transform(splits.test.X)).to(device)).argmax(1).cpu()
+                    == torch.from_numpy(splits.test.y)).float().mean().item()
+    return {"classifier_accuracy_generated": acc_gen, "classifier_accuracy_real_test": acc_real}

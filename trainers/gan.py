@@ -1,0 +1,428 @@
+"""gpt2cgan: class-conditional WGAN-GP pretraining of the GPT-2 generator.
+
+Per real batch (trial order from `epoch_order`, labels taken from the real trials):
+- `gan.critic_steps` critic updates on that batch, each with fresh noise and fresh interpolation
+  weights: loss = E[D(fake, y)] - E[D(real, y)] + gp_weight * E[(||grad_x D(x_hat, y)||_2 - 1)^2],
+  x_hat = a * real + (1 - a) * fake, a ~ U(0, 1) per trial, real and fake of the same class y;
+- one generator update: adv_weight * -E[D(G(z, y), y)] + moment_weight * moment loss + psd_weight *
+  spectrum loss (+ the fine-tuning trainer's classifier term).
+
+The moment and spectrum terms compare class-conditional statistics of the generated batch with
+fixed targets computed once from all real training trials (see `SpectralTargets`). They give the
+generator a direct, low-variance signal about the band power and spatial structure that motor
+imagery lives in, which a WGAN critic alone conveys too slowly for a 10-minute CPU budget.
+
+Run folder: generator.safetensors, critic.safetensors, gan.json, metrics.jsonl, figures/,
+checkpoint/ (resumable), round_summary.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from data.dataset import Standardizer, batches, epoch_order, load_splits, pretrain_data_cfg
+from models.critic import Critic, CriticConfig
+from models.gpt2_generator import GPT2Generator, GPT2GeneratorConfig
+from trainers.common import GracefulInterrupt, MetricsLog, check_finite, load_training_state, save_training_state
+from utils import distributed as dist
+from utils.checkpoint import write_json
+from utils.runtime import seed_everything
+
+BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 40.0)}
+CLASS_NAMES = ("left", "right")
+MOTOR_TRIO = ("C3", "Cz", "C4")
+
+
+# --- spectral statistics and the objectives built on them -------------------------------------
+
+class SpectralTargets(torch.nn.Module):
+    """Class-conditional spectral statistics of real trials, and losses pulling a batch towards them.
+
+    Computed in standardized units, per class c:
+    - log band power per channel and band (theta, mu, beta, gamma): mean and std over trials;
+    - band-passed spatial covariance per band, averaged over trials (what CSP diagonalises);
+    - log of the class-mean power spectrum per channel, 1 Hz-ish rfft bins in [4, 40) Hz.
+    Band-passing is an FFT mask, so everything is differentiable and costs one rfft per batch.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2):
+        super().__init__()
+        n_times = X.shape[-1]
+        freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
+        # Parseval with a one-sided spectrum: interior bins count twice, DC and Nyquist once.
+        weight = torch.full_like(freqs, 2.0)
+        weight[0] = 1.0
+        if n_times % 2 == 0:
+            weight[-1] = 1.0
+        self.register_buffer("weight", weight.sqrt() / n_times)
+        self.band_idx = [torch.nonzero((freqs >= lo) & (freqs < hi)).flatten() for lo, hi in BANDS.values()]
+        self.register_buffer("psd_sel", ((freqs >= 4.0) & (freqs < 40.0)))
+        # ~1 Hz bins: average neighbouring rfft bins so the target is not single-bin noise.
+        self.per = max(1, int(round(1.0 / (freqs[1] - freqs[0]).item())))
+        stats = [self._stats(X[y == c]) for c in range(class_count)]
+        for name in ("logbp_mean", "logbp_std", "cov", "logpsd"):
+            self.register_buffer(name, torch.stack([s[name] for s in stats]))
+        self.register_buffer("cov_scale", self.cov.flatten(2).norm(dim=-1).clamp_min(1e-6))  # (C, n_bands)
+
+    def _psd(self, power: torch.Tensor) -> torch.Tensor:
+        p = power[..., self.psd_sel]
+        n = (p.shape[-1] // self.per) * self.per
+        return p[..., :n].reshape(*p.shape[:-1], -1, self.per).mean(-1)
+
+    def features(self, x: torch.Tensor) -> dict:
+        """Band covariances straight from the spectrum (Parseval): the same numbers as
+        band-passing with an FFT mask and taking x x^T / n_times, without the inverse FFTs."""
+        Xf = torch.fft.rfft(x, dim=-1) * self.weight.to(x.device)
+        covs = []
+        for idx in self.band_idx:
+            Z = Xf[..., idx.to(x.device)]
+            A = torch.cat([Z.real, Z.imag], dim=-1)                 # (B, C, 2 * n_bins)
+            covs.append(A @ A.transpose(-1, -2))
+        cov = torch.stack(covs, dim=1)                               # (B, n_bands, C, C)
+        logbp = torch.log(torch.diagonal(cov, dim1=-2, dim2=-1) + 1e-6)  # (B, n_bands, C)
+        power = (Xf.real.pow(2) + Xf.imag.pow(2)) * x.shape[-1]
+        return {"logbp": logbp, "cov": cov, "psd": self._psd(power)}
+
+    def _stats(self, x: torch.Tensor) -> dict:
+        f = self.features(x)
+        return {"logbp_mean": f["logbp"].mean(0), "logbp_std": f["logbp"].std(0), "cov": f["cov"].mean(0),
+                "logpsd": torch.log(f["psd"].mean(0) + 1e-8)}
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(moment loss, spectrum loss) of generated x with labels y; classes absent from y are skipped."""
+        f = self.features(x)
+        moment, spectrum, n = x.new_zeros(()), x.new_zeros(()), 0
+        for c in range(self.logbp_mean.shape[0]):
+            sel = y == c
+            if sel.sum() < 2:
+                continue
+            lb = f["logbp"][sel]
+            moment = moment + F.mse_loss(lb.mean(0), self.logbp_mean[c]) \
+                + F.mse_loss(lb.std(0), self.logbp_std[c]) \
+                + ((f["cov"][sel].mean(0) - self.cov[c]).flatten(1).norm(dim=-1) / self.cov_scale[c]).pow(2).mean()
+            spectrum = spectrum + F.mse_loss(torch.log(f["psd"][sel].mean(0) + 1e-8), self.logpsd[c])
+            n += 1
+        return moment / max(n, 1), spectrum / max(n, 1)
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor,
+                     alpha: torch.Tensor) -> torch.Tensor:
+    """E[(||grad_x D(x_hat, y)||_2 - 1)^2], x_hat = alpha * real + (1 - alpha) * fake, per trial."""
+    x_hat = (alpha.view(-1, 1, 1) * real + (1 - alpha.view(-1, 1, 1)) * fake).requires_grad_(True)
+    score = critic(x_hat, y)
+    grad, = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+# --- run-folder artefacts -------------------------------------------------------------------
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Atomic safetensors write (temp file + rename)."""
+    model = model.module if hasattr(model, "module") else model
+    tmp = path.with_name("." + path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+              metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
+def gan_meta(cfg: dict, gen_cfg: GPT2GeneratorConfig, critic_cfg: CriticConfig, train, standardizer: Standardizer,
+             extra: dict | None = None) -> dict:
+    return {"model_name": cfg["model_name"], "generator": gen_cfg.to_dict(), "critic": critic_cfg.to_dict(),
+            "n_chans": train.n_chans, "n_times": train.n_times, "sfreq": float(train.sfreq),
+            "ch_names": list(train.ch_names), "standardizer": standardizer.state(),
+            "representation": cfg["representation"], "class_names": list(CLASS_NAMES), "config": cfg,
+            **(extra or {})}
+
+
+def render_figures(fig_dir: Path, epoch: int, fake: np.ndarray, y_fake: np.ndarray, real: np.ndarray,
+                   y_real: np.ndarray, sfreq: float, ch_names: list[str], n_examples: int) -> None:
+    """Traces at C3/Cz/C4 (real vs generated, per class) and class-mean PSDs, both in volts."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.signal import welch
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    chans = [c for c in MOTOR_TRIO if c in ch_names] or list(ch_names[:3])
+    idx = [ch_names.index(c) for c in chans]
+    t = np.arange(fake.shape[-1]) / sfreq
+    fig, axes = plt.subplots(len(chans), 2, figsize=(12, 2.2 * len(chans)), sharex=True, squeeze=False)
+    for j, cname in enumerate(CLASS_NAMES):
+        r, g = real[y_real == j][:n_examples], fake[y_fake == j][:n_examples]
+        for i, ch in enumerate(idx):
+            ax = axes[i, j]
+            for k, tr in enumerate(r):
+                ax.plot(t, tr[ch] * 1e6, color="k", lw=0.6, alpha=0.6, label="real" if k == 0 else None)
+            for k, tr in enumerate(g):
+                ax.plot(t, tr[ch] * 1e6, color="tab:red", lw=0.6, alpha=0.6, label="generated" if k == 0 else None)
+            ax.set_title(f"{cname} fist, {chans[i]}", fontsize=9)
+            ax.set_ylabel("uV")
+    axes[0, 0].legend(fontsize=8, loc="upper right")
+    for ax in axes[-1]:
+        ax.set_xlabel("time (s)")
+    fig.tight_layout()
+    fig.savefig(fig_dir / f"epoch-{epoch:03d}-traces.png", dpi=80)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(chans), figsize=(4 * len(chans), 3), squeeze=False)
+    nper = min(int(sfreq), real.shape[-1])
+    for i, ch in enumerate(idx):
+        ax = axes[0, i]
+        for j, (cname, color) in enumerate(zip(CLASS_NAMES, ("tab:blue", "tab:orange"))):
+            for X, yy, ls, lab in ((real, y_real, "-", "real"), (fake, y_fake, "--", "generated")):
+                if not np.any(yy == j):
+                    continue
+                f, P = welch(X[yy == j][:, ch], fs=sfreq, nperseg=nper)
+                keep = (f >= 2) & (f <= 45)
+                ax.semilogy(f[keep], P.mean(0)[keep], ls, color=color, label=f"{lab} {cname}")
+        ax.set_title(chans[i])
+        ax.set_xlabel("Hz")
+    axes[0, 0].set_ylabel("V^2/Hz")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(fig_dir / f"epoch-{epoch:03d}-psd.png", dpi=80)
+    plt.close(fig)
+
+
+def quick_quality(fake: np.ndarray, y_fake: np.ndarray, real: np.ndarray, y_real: np.ndarray, sfreq: float,
+                  ch_names: list[str]) -> dict:
+    """Cheap monitoring numbers (volts in): worst relative mu/beta power error at C3/Cz/C4 over
+    classes, and the right-minus-left mu power (dB) at C3 and C4 for generated and real trials."""
+    from scipy.signal import welch
+
+    out, errs = {}, []
+    chans = [c for c in MOTOR_TRIO if c in ch_names]
+    if not chans:
+        return out
+    idx = [ch_names.index(c) for c in chans]
+    nper = min(int(sfreq), real.shape[-1])
+    fg, Pg = welch(fake[:, idx], fs=sfreq, nperseg=nper)
+    _, Pr = welch(real[:, idx], fs=sfreq, nperseg=nper)
+    for band, (lo, hi) in (("mu", BANDS["mu"]), ("beta", BANDS["beta"])):
+        sel = (fg >= lo) & (fg <= hi)
+        bg, br = Pg[..., sel].mean(-1), Pr[..., sel].mean(-1)
+        for c in range(2):
+            if np.any(y_fake == c) and np.any(y_real == c):
+                errs += list(np.abs(bg[y_fake == c].mean(0) / br[y_real == c].mean(0) - 1))
+        if band == "mu":
+            for ch in ("C3", "C4"):
+                if ch in chans:
+                    k = chans.index(ch)
+                    for name, b, yy in (("generated", bg, y_fake), ("real", br, y_real)):
+                        out[f"mu_lat_{ch}_{name}_db"] = float(10 * np.log10(b[yy == 1, k].mean() / b[yy == 0, k].mean()))
+    out["bandpower_max_rel_err"] = float(np.max(errs)) if errs else float("nan")
+    out["bandpower_mean_rel_err"] = float(np.mean(errs)) if errs else float("nan")
+    return out
+
+
+# --- the training loop shared by gpt2cgan and the fine-tuning trainers -------------------------
+
+def generate(generator, n_per_class: int, seed: int, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """2 * n_per_class trials (standardized units) from a private RNG: labels 0...0 1...1."""
+    g = torch.Generator().manual_seed(seed)
+    gen = generator.module if hasattr(generator, "module") else generator
+    y = torch.arange(2).repeat_interleave(n_per_class)
+    z = gen.sample_noise(len(y), generator=g)
+    was = gen.training
+    gen.eval()
+    with torch.no_grad():
+        out = torch.cat([gen(z[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).cpu()
+                         for i in range(0, len(y), batch_size)])
+    gen.train(was)
+    return out, y
+
+
+def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume: bool, splits, standardizer,
+            generator: GPT2Generator, critic: Critic, extra_loss=None, meta_extra: dict | None = None,
+            progress: bool = True, adv_weight: float | None = None) -> dict:
+    """Train (generator, critic) on splits.train; write the run-folder artefacts; return the summary.
+
+    extra_loss(fake_std_units, y) -> (loss tensor, {metric: float}) is added to the generator loss
+    (the fine-tuning trainers' frozen-classifier term).
+    """
+    round_dir = Path(round_dir)
+    main = dist.is_main()
+    if adv_weight is not None:  # fine-tuning: finetune.adv_weight replaces gan.adv_weight
+        cfg = {**cfg, "gan": {**cfg["gan"], "adv_weight": adv_weight}}
+    g_cfg = cfg["gan"]
+    train = splits.train
+    Xtr = torch.from_numpy(standardizer.transform(train.X))
+    ytr = torch.from_numpy(train.y.astype(np.int64))
+    targets = SpectralTargets(Xtr, ytr, train.sfreq, cfg["class_count"]).to(device)
+    G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
+    lr_g = g_cfg["lr_generator"] if g_cfg["lr_generator"] is not None else cfg["learning_rate"]
+    lr_c = g_cfg["lr_critic"] if g_cfg["lr_critic"] is not None else cfg["learning_rate"]
+    betas = (g_cfg["beta1"], g_cfg["beta2"])
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr_c, betas=betas)
+    models, optims = {"generator": G, "critic": D}, {"generator": opt_g, "critic": opt_d}
+
+    start_epoch, start_batch, partial = 0, 0, {}
+    if resume:
+        counters, extra = load_training_state(round_dir, models, optims, cfg=cfg)
+        start_epoch, start_batch = counters["epoch"], counters.get("batch", 0)
+        partial = extra.get("partial", {})
+    metrics = MetricsLog(round_dir / "metrics.jsonl", keep_until=start_epoch if resume else None) if main else None
+
+    # Fixed monitoring noise: the same random_vector_num vectors rendered under both classes.
+    gmon = torch.Generator().manual_seed(seed + 7919)
+    n_mon = cfg["random_vector_num"]
+    z_mon = generator.sample_noise(n_mon, generator=gmon).repeat(2, 1, 1)
+    y_mon = torch.arange(2).repeat_interleave(n_mon)
+    fig_real_idx = np.concatenate([np.flatnonzero(train.y == c)[:cfg["example_to_generate"]] for c in range(2)])
+
+    def monitor(epoch: int) -> dict:
+        gen = G.module if hasattr(G, "module") else G
+        gen.eval()
+        with torch.no_grad():
+            fake = standardizer.inverse(gen(z_mon.to(device), y_mon.to(device)).cpu().numpy())
+        gen.train()
+        if epoch % g_cfg["figure_every"] == 0 or epoch == cfg["epochs"]:
+            render_figures(round_dir / "figures", epoch, fake, y_mon.numpy(), train.X[fig_real_idx],
+                           train.y[fig_real_idx], train.sfreq, train.ch_names,
+                           min(cfg["example_to_generate"], n_mon))
+        # Class effect on the fixed vectors: same noise, other class -> how different the output is.
+        diff = np.abs(fake[:n_mon] - fake[n_mon:]).mean() / max(np.abs(fake).mean(), 1e-30)
+        return {"fixed_class_effect": float(diff)}
+
+    n = len(train)
+    bs = cfg["batch_size"]
+    n_batches = -(-n // bs)
+    epoch = start_epoch
+    bar = tqdm(range(start_epoch, cfg["epochs"]), desc=cfg["model_name"], unit="epoch",
+               disable=not (progress and main), initial=start_epoch, total=cfg["epochs"])
+    sums: dict = {}
+    stop = GracefulInterrupt().start()  # Ctrl-C is honoured at the next step boundary
+    try:
+        for epoch in bar:
+            sums = dict(partial) if epoch == start_epoch else {}
+            order = epoch_order(n, cfg["buffer_size"], seed, epoch)
+            for b, idx in enumerate(batches(order, bs)):
+                if epoch == start_epoch and b < start_batch:
+                    continue
+                step = epoch * n_batches + b  # global critic-step index: a pure function of (epoch, b)
+                step_metrics = _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx,
+                                           dist.local_slice(len(idx)), device,
+                                           extra_loss, epoch, b, (step + 1) % cfg["gan"]["critic_steps"] == 0)
+                for k, v in step_metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                    sums["n_" + k] = sums.get("n_" + k, 0) + 1
+                start_batch = b + 1
+                stop.check()
+            row = {"epoch": epoch + 1, **{k: dist.all_reduce_mean(v / sums["n_" + k])
+                                          for k, v in sums.items() if not k.startswith("n_")}}
+            partial, start_batch = {}, 0
+            if main:
+                row.update(monitor(epoch + 1))
+                metrics.append(row)
+                bar.set_postfix(w=f"{row['wasserstein']:.3f}", mom=f"{row.get('moment_loss', float('nan')):.3f}")
+                if (epoch + 1) % cfg["training"]["checkpoint_every"] == 0 or epoch + 1 == cfg["epochs"]:
+                    save_training_state(round_dir, models, optims, counters={"epoch": epoch + 1, "batch": 0},
+                                        cfg=cfg)
+        epoch = cfg["epochs"]
+    except KeyboardInterrupt:
+        if main:
+            save_training_state(round_dir, models, optims,
+                                counters={"epoch": epoch, "batch": start_batch},
+                                extra={"partial": sums if start_batch else {}}, cfg=cfg)
+        raise
+    finally:
+        stop.close()
+        bar.close()
+
+    summary = {"epochs_completed": cfg["epochs"]}
+    if not main:
+        return summary
+    gen_cfg, crit_cfg = generator.config, critic.config
+    save_weights(G, round_dir / "generator.safetensors")
+    save_weights(D, round_dir / "critic.safetensors")
+    write_json(round_dir / "gan.json", gan_meta(cfg, gen_cfg, crit_cfg, train, standardizer, meta_extra))
+    rows = metrics.rows()
+    last = rows[-1] if rows else {}
+    summary.update({k: last[k] for k in last if k != "epoch" and isinstance(last[k], (int, float))})
+    # Held-out check: as many generated trials per class as the test set has.
+    n_gen = max(int(np.bincount(splits.test.y, minlength=2).max()), 2)
+    fake, y_fake = generate(G, n_gen, seed + 1, device)
+    summary.update(quick_quality(standardizer.inverse(fake.numpy()), y_fake.numpy(), splits.test.X, splits.test.y,
+                                 train.sfreq, train.ch_names))
+    summary.update(_evaluate(round_dir, cfg, device))
+    return summary
+
+
+def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx, local, device, extra_loss, epoch, b,
+                generator_step: bool) -> dict:
+    """One critic update on this real batch; and, every gan.critic_steps batches, one generator update."""
+    gan = cfg["gan"]
+    gen = G.module if hasattr(G, "module") else G
+    real, y = Xtr[idx][local].to(device), ytr[idx][local].to(device)
+    # Noise and interpolation weights for the GLOBAL batch from the global RNG, then sliced:
+    # every rank draws the same numbers, so DDP and one process see the same step.
+    z = gen.sample_noise(len(idx))[local].to(device)
+    alpha = torch.rand(len(idx))[local].to(device)
+    with torch.no_grad():
+        fake = G(z, y)
+    d_real, d_fake = D(real, y).mean(), D(fake, y).mean()
+    gp = gradient_penalty(D, real, fake, y, alpha)
+    loss_d = d_fake - d_real + gan["gp_weight"] * gp
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    check_finite(loss_d.item(), "critic loss", epoch, b)
+    out = {"critic_loss": loss_d.item(), "gradient_penalty": gp.item(), "wasserstein": (d_real - d_fake).item()}
+    if not generator_step:
+        return out
+
+    z = gen.sample_noise(len(idx))[local].to(device)
+    fake = G(z, y)
+    adv = -D(fake, y).mean()
+    moment, spectrum = targets.losses(fake, y)
+    loss_g = gan["adv_weight"] * adv + gan["moment_weight"] * moment + gan["psd_weight"] * spectrum
+    if extra_loss is not None:
+        extra, extra_metrics = extra_loss(fake, y)
+        loss_g = loss_g + extra
+        out.update(extra_metrics)
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    check_finite(loss_g.item(), "generator loss", epoch, b)
+    out.update(generator_loss=loss_g.item(), adversarial_loss=adv.item(), moment_loss=moment.item(),
+               spectrum_loss=spectrum.item())
+    return out
+
+
+def _evaluate(round_dir: Path, cfg: dict, device) -> dict:
+    """Headline numbers of trainers.evaluate.evaluate_round, when the evaluation module is present."""
+    try:
+        from trainers.evaluate import evaluate_round
+    except ImportError:
+        return {}
+    res = evaluate_round(round_dir, cfg, device, progress=False)
+    return {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str, bool))}
+
+
+# --- gpt2cgan entry point ------------------------------------------------------------------------
+
+def build_models(cfg: dict, n_chans: int, n_times: int, sfreq: float) -> tuple[GPT2Generator, Critic]:
+    gen = GPT2Generator(GPT2GeneratorConfig.from_config(cfg, n_chans, n_times))
+    crit = Critic(CriticConfig.from_config(cfg, n_chans, n_times, sfreq))
+    return gen, crit
+
+
+def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume: bool = False) -> dict:
+    seed_everything(seed)
+    splits = load_splits(cfg, pretrain_data_cfg(cfg), seed=seed, progress=dist.is_main())
+    standardizer = Standardizer.fit(splits.train.X, cfg["data"]["normalize"])
+    generator, critic = build_models(cfg, splits.train.n_chans, splits.train.n_times, splits.train.sfreq)
+    return fit_gan(cfg, round_dir, device, seed, resume, splits, standardizer, generator, critic,
+                   meta_extra={"data": {**splits.info, "source": pretrain_data_cfg(cfg)}})
+
+
+def read_meta(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "gan.json").read_text())
