@@ -364,8 +364,9 @@ class SourceModel:
         from data.dataset import EpochSet
 
         idx = [self.ch_names.index(c) for c in self.out_names]
+        rest = None if es.rest is None else self.reference(es.rest)
         return EpochSet(self.reference(es.X), es.y, es.subject, es.run, es.sfreq, list(self.out_names),
-                        None if es.ch_pos is None else es.ch_pos[idx], None, None)
+                        None if es.ch_pos is None else es.ch_pos[idx], rest, es.rest_subject, es.rest_run)
 
     # JSON-able state: what a generator bundle needs to project its output to the scalp.
     def state(self) -> dict:

@@ -86,7 +86,7 @@ class Critic(nn.Module):
         if self.config.spectral:
             s = self.spatial(x.transpose(1, 2)).transpose(1, 2)
             power = torch.fft.rfft(s, dim=-1).abs().pow(2) / x.shape[-1]
-            logp = torch.log(power @ self.bins.T + 1e-6)
+            logp = torch.log(power @ self.bins.T + 1e-3)  # floor keeps grad_x bounded (GP)
             feats.append(self.spectral_mlp(logp.flatten(1)))
         return torch.cat(feats, dim=1)
 

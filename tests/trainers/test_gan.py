@@ -1,0 +1,86 @@
+"""gpt2cgan on real recordings with a tiny model: run-folder contents, metrics, transfer source,
+determinism, resume, and the spectral objectives."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import main
+import trainers.gan as gan
+
+TINY = ["model_name=gpt2cgan", "data.subjects=[1]", "epochs=2", "batch_size=16", "n_embd=16", "n_layer=1",
+        "n_head=2", "gan.patch_size=32", "gan.critic_width=8", "gan.critic_steps=2", "gan.figure_every=1",
+        "random_vector_num=2", "example_to_generate=1", "training.num_threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def no_evaluation(monkeypatch):
+    # The evaluation module has its own tests; here it would only add minutes.
+    monkeypatch.setattr(gan, "_evaluate", lambda *a, **k: {})
+
+
+def run(make_cfg, tmp_path, *overrides):
+    from config.schema import SCHEMA  # noqa: F401  (config module import keeps the path set up)
+
+    cfg = make_cfg(*TINY, *overrides)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    assert main.main(["--mode", "training", "--config", str(path)]) == 0
+    return cfg, tmp_path / "checkpoints" / "gpt2cgan" / "latest"
+
+
+def test_pretrain_on_executed_runs_writes_a_complete_run_folder(make_cfg, tmp_path):
+    cfg, run_dir = run(make_cfg, tmp_path, "pretrain_data.task=execution")
+    for f in ("generator.safetensors", "critic.safetensors", "gan.json", "metrics.jsonl", "summary.json",
+              "config.json", "checkpoint/state.json"):
+        assert (run_dir / f).is_file(), f
+    meta = json.loads((run_dir / "gan.json").read_text())
+    assert meta["n_chans"] == 21 and meta["n_times"] == 640 and meta["sfreq"] == 160.0
+    assert meta["data"]["source"]["task"] == "execution" and meta["data"]["train_runs"] == [3, 7]
+    assert meta["generator"]["patch_size"] == 32 and len(meta["standardizer"]["std"]) == 21
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein", "moment_loss", "spectrum_loss"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    figs = sorted(p.name for p in (run_dir / "figures").iterdir())
+    assert figs == ["epoch-001-psd.png", "epoch-001-traces.png", "epoch-002-psd.png", "epoch-002-traces.png"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and "bandpower_mean_rel_err" in summary
+
+
+def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path):
+    _, a = run(make_cfg, tmp_path / "a")
+    _, b = run(make_cfg, tmp_path / "b")
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "generator.safetensors")), load_file(str(b / "generator.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # Resume: run 1 epoch, then continue to 2 with --resume; same weights as the straight run.
+    _, c = run(make_cfg, tmp_path / "c", "epochs=1")
+    assert main.main(["--mode", "training", "--resume", str(c), "--set", "epochs=2"]) == 0
+    wc = load_file(str(c / "generator.safetensors"))
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    rows = [json.loads(ln) for ln in (c / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere():
+    torch.manual_seed(0)
+    t = torch.arange(640) / 160.0
+    X = torch.randn(40, 3, 640) * 0.1
+    X[:20, 0] += torch.sin(2 * torch.pi * 10 * t)   # class 0: 10 Hz rhythm on channel 0
+    X[20:, 1] += torch.sin(2 * torch.pi * 20 * t)   # class 1: 20 Hz on channel 1
+    y = torch.tensor([0] * 20 + [1] * 20)
+    targets = gan.SpectralTargets(X, y, 160.0)
+    moment, spectrum = targets.losses(X, y)
+    # The batch's own std/mean equal the targets; only the batch-size std estimator differs.
+    assert moment.item() < 1e-6 and spectrum.item() < 1e-6
+    swapped, _ = targets.losses(X, 1 - y)
+    assert swapped.item() > 0.1
+    # Band covariance via Parseval equals band-passing then x x^T / n_times.
+    f = targets.features(X[:2])
+    freqs = torch.fft.rfftfreq(640, 1 / 160.0)
+    mask = ((freqs >= 8) & (freqs < 13)).float()
+    xb = torch.fft.irfft(torch.fft.rfft(X[:2]) * mask, n=640)
+    assert torch.allclose(f["cov"][:, 1], xb @ xb.transpose(1, 2) / 640, atol=1e-5)
