@@ -65,14 +65,25 @@ def train(cfg: dict, seed: int, quiet: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--archs", nargs="+", default=["stft", "shallow", "eegnet"])
+    ap.add_argument("--methods", nargs="+", default=["stft", "shallow", "eegnet", "stft+EA", "shallow+EA"],
+                    help="architecture, or architecture+EA for classifier.alignment=euclidean")
+    ap.add_argument("--cross-methods", nargs="+", default=["stft", "shallow", "stft+EA"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--slow", nargs="*", default=["eegnet"], help="methods trained with the first seed only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-cross", action="store_true")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "classifier.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+
+    def seeds_of(method):
+        return args.seeds[:1] if method in args.slow else args.seeds
+
+    def method_overrides(method):
+        arch, _, ea = method.partition("+")
+        return [f"classifier.architecture=\"{arch}\""] + (["classifier.alignment=\"euclidean\""] if ea == "EA" else [])
+
     threadpool_limits(1)
     print(f"threads: torch {args.threads}, BLAS 1 (threadpoolctl); {platform.processor() or platform.machine()}")
     cfg = load_config(ROOT / "config" / "config.json", ["data.download=false"] + args.overrides)
@@ -80,7 +91,7 @@ def main() -> None:
     base = ["data.split=\"run\"", f"data.subjects={json.dumps(subjects)}", "data.task=\"imagery\"",
             "data.train_runs=[4,8]", "data.test_runs=[12]"]
     res: dict = {"config": {k: cfg[k] for k in ("epochs", "batch_size", "learning_rate")} | {"classifier": cfg["classifier"]},
-                 "seeds": args.seeds, "threads": {"torch": args.threads, "blas": 1}}
+                 "seeds": args.seeds, "slow_methods_seeds": args.seeds[:1], "threads": {"torch": args.threads, "blas": 1}}
 
     # --- cold vs cached load ------------------------------------------------------------------
     tmp_cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
@@ -105,11 +116,11 @@ def main() -> None:
                                           (es.subject == s) & (es.run == 12))
     within = {"riemann": {"per_subject": rie, "mean": float(np.mean(list(rie.values())))}}
     speed = {}
-    for arch in args.archs:
+    for arch in args.methods:
         per_seed = []
-        for seed in args.seeds:
+        for seed in seeds_of(arch):
             c = load_config(ROOT / "config" / "config.json", ["data.download=false"] + args.overrides + base
-                            + [f"classifier.architecture=\"{arch}\"", f"seed={seed}"])
+                            + method_overrides(arch) + [f"seed={seed}"])
             t = time.perf_counter()
             r = train(c, seed, not args.verbose)
             per_seed.append(r)
@@ -129,18 +140,18 @@ def main() -> None:
         cross = {"riemann": riemann_scores(es, tr, te)}
         cbase = ["data.split=\"subject\"", f"data.subjects={json.dumps(subjects)}", "data.task=\"imagery\"",
                  "data.train_subjects=[1,2,3,4,5,6,7,8]", "data.test_subjects=[9,10]"]
-        for arch in args.archs:
+        for arch in args.cross_methods:
             accs = []
-            for seed in args.seeds:
+            for seed in seeds_of(arch):
                 c = load_config(ROOT / "config" / "config.json", ["data.download=false"] + args.overrides + cbase
-                                + [f"classifier.architecture=\"{arch}\"", f"seed={seed}"])
+                                + method_overrides(arch) + [f"seed={seed}"])
                 accs.append(train(c, seed, not args.verbose)["test_accuracy"])
             cross[arch] = float(np.mean(accs))
             print(f"  cross {arch:8s}: {cross[arch]:.3f} (seeds {np.round(accs, 3).tolist()})", flush=True)
         res["cross_subject"] = cross
 
     # --- table --------------------------------------------------------------------------------
-    methods = ["riemann"] + list(args.archs)
+    methods = ["riemann"] + list(args.methods)
     print("\nwithin-subject imagery, train runs 4+8 / test run 12 (15 trials per subject); "
           f"CNN numbers are means over seeds {args.seeds}")
     print("| subject | " + " | ".join(methods) + " |")
@@ -150,11 +161,13 @@ def main() -> None:
     print("| **mean** | " + " | ".join(f"**{within[m]['mean']:.3f}**" for m in methods) + " |")
     if "cross_subject" in res:
         print("| cross-subject S001-S008 -> S009-S010 | "
-              + " | ".join(f"{res['cross_subject'][m]:.3f}" for m in methods) + " |")
+              + " | ".join(f"{res['cross_subject'][m]:.3f}" if m in res["cross_subject"] else "-"
+                           for m in methods) + " |")
+    print(f"(methods in --slow, {args.slow}, use seed {args.seeds[0]} only)")
     print("\n| architecture | params | train trials | samples/s | s/epoch |\n|---|---:|---:|---:|---:|")
     for a, v in speed.items():
         print(f"| {a} | {v['n_params']} | {v['n_train']} | {v['train_samples_per_s']:.0f} | {v['s_per_epoch']:.2f} |")
-    best = max(args.archs, key=lambda a: within[a]["mean"])
+    best = max(args.methods, key=lambda a: within[a]["mean"])
     res["best_architecture"] = best
     res["best_minus_riemann"] = within[best]["mean"] - within["riemann"]["mean"]
     print(f"\nbest CNN: {best} {within[best]['mean']:.3f} vs Riemannian {within['riemann']['mean']:.3f} "

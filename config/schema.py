@@ -148,9 +148,9 @@ SCHEMA: dict[str, Any] = {
         "tensorboard": _bool(False, "also log scalars and figures to TensorBoard (if installed)"),
     },
     "classifier": {
-        "architecture": _str("shallow", "eegnet, shallow (ShallowConvNet) or stft (C3/Cz/C4 spectrogram CNN)",
+        "architecture": _str("stft", "eegnet, shallow (ShallowConvNet) or stft (C3/Cz/C4 spectrogram CNN)",
                              choices=("eegnet", "shallow", "stft")),
-        "dropout": _float(0.5, "dropout before the classification layer", lo=0, hi=1),
+        "dropout": _float(0.25, "dropout before the classification layer", lo=0, hi=1),
         "weight_decay": _float(0.0, "AdamW weight decay", lo=0),
         "schedule": _str("cosine", "learning-rate schedule: warm-up then cosine decay to 0, or constant",
                          choices=("cosine", "constant")),
@@ -180,6 +180,8 @@ SCHEMA: dict[str, Any] = {
                                 "band-passed spatial covariance, generated vs real", lo=0),
         "psd_weight": _float(1.0, "class-conditional matching of the log class-mean power spectrum per channel",
                              lo=0),
+        "contrast_weight": _float(1.0, "matching of the right-minus-left difference of log band power and band "
+                                  "covariance (self-normalised: 1 = no class difference)", lo=0),
     },
     "finetune": {
         "adv_weight": _float(1.0, "weight of the adversarial loss while fine-tuning", lo=0),

@@ -51,26 +51,30 @@ def _covariance_whitener(X: np.ndarray) -> np.ndarray:
     return (V / np.sqrt(w)) @ V.T
 
 
-def align(sets: dict, mode: str) -> dict:
-    """Per-subject Euclidean alignment: each subject's trials are whitened with the mean covariance
-    of that subject's TRAINING trials (labels never used). A subject with no training trials (a
-    held-out test subject) is whitened with its own trials' mean covariance, still without labels."""
+def align(sets: dict, mode: str) -> tuple[dict, dict]:
+    """Per-subject Euclidean alignment; returns (aligned sets, {"S001": whitener, ...}).
+
+    Each subject's trials are whitened with the mean covariance of that subject's TRAINING trials
+    (labels never used, test trials never used). A subject with no training trials (a held-out
+    test subject of split=subject) is whitened with its own trials' mean covariance, still
+    without labels, as alignment is meant to be used on a new user's unlabelled calibration data.
+    """
     if mode == "none":
-        return sets
+        return sets, {}
     train = sets["train"]
-    out = {}
+    out, whiteners = {}, {}
     for name, es in sets.items():
         X = es.X.copy()
         for s in np.unique(es.subject):
-            ref = train.X[train.subject == s]
-            if len(ref) == 0:
-                ref = es.X[es.subject == s]
-            W = _covariance_whitener(ref).astype(np.float32)
+            key = f"S{int(s):03d}"
+            if key not in whiteners:
+                ref = train.X[train.subject == s]
+                whiteners[key] = _covariance_whitener(ref if len(ref) else es.X[es.subject == s]).astype(np.float32)
             m = es.subject == s
-            X[m] = np.einsum("cd,ndt->nct", W, es.X[m])
+            X[m] = np.einsum("cd,ndt->nct", whiteners[key], es.X[m])
         out[name] = copy.copy(es)
         out[name].X = X
-    return out
+    return out, whiteners
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -123,9 +127,12 @@ def _augment(x: torch.Tensor, cfg: dict, gen_noise: torch.Tensor, gen_shift: tor
 def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume: bool = False) -> dict:
     round_dir = Path(round_dir)
     main = is_main()
+    if main:
+        round_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     splits = load_splits(cfg, seed=seed, progress=main)
-    sets = align({"train": splits.train, "val": splits.val, "test": splits.test}, cfg["classifier"]["alignment"])
+    sets, whiteners = align({"train": splits.train, "val": splits.val, "test": splits.test},
+                            cfg["classifier"]["alignment"])
     train, val, test = sets["train"], sets["val"], sets["test"]
     std = Standardizer.fit(train.X, cfg["data"]["normalize"])
 
@@ -223,11 +230,17 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
     per_subject = {f"S{int(s):03d}": float((te_pred[test.subject == s] == test.y[test.subject == s]).mean())
                    for s in np.unique(test.subject)}
     meta = {**arch, "n_params": sum(p.numel() for p in best.parameters()), "standardizer": std.state(),
-            "normalize": cfg["data"]["normalize"], "alignment": c["alignment"], "representation": cfg["representation"],
+            "normalize": cfg["data"]["normalize"], "alignment": c["alignment"],
+            # Inputs must be whitened per subject (X -> W @ X) before the standardizer when alignment is on.
+            "alignment_whiteners": {k: w.tolist() for k, w in whiteners.items()}, "representation": cfg["representation"],
             "classes": ["left", "right"], "best_epoch": counters["best_epoch"], "data": cfg["data"]}
     if main:
         _save_weights(best, round_dir / WEIGHTS)
         write_json(round_dir / META, meta)
+        if splits.source is not None:  # representation=source: ROI figure + projection (data/sources.py)
+            from data.sources import write_run_files
+
+            write_run_files(splits.source, round_dir)
         plot_curves(log.rows(), round_dir / "curves.png", counters["best_epoch"])
     epochs_done = counters["epoch"]
     t = max(extra["train_time_s"], 1e-9)

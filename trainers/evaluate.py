@@ -58,6 +58,8 @@ class RealData:
         from data.dataset import load_splits
 
         splits = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=progress)
+        if splits.sensor is not None:  # representation=source: judge on the scalp, where bundle.sample() projects
+            splits = splits.sensor
         tr, va, te = splits.train, splits.val, splits.test
         self.info = splits.info
         self.X_pool = np.concatenate([tr.X, va.X]) if len(va) else tr.X
@@ -496,6 +498,26 @@ def write_run_report(run_dir: Path, agg: dict) -> Path:
     return path
 
 
+def write_run_evaluation(run_dir, heads: list[dict] | None = None, rds: list[Path] | None = None) -> dict:
+    """Run-level evaluation.json + report.md (mean and std over rounds) of a multi-round GAN run.
+
+    Without `heads`, the rounds' own evaluation.json files are read: a trainer can call this once
+    every round has been evaluated by evaluate_round.
+    """
+    run_dir = Path(run_dir)
+    if rds is None:
+        rds = sorted((p for p in run_dir.glob("round-*") if (p / "evaluation.json").is_file()),
+                     key=lambda p: int(p.name.split("-")[1]))
+    if heads is None:
+        heads = [json.loads((p / "evaluation.json").read_text())["headline"] for p in rds]
+    if not heads:
+        raise UserError(f"evaluate {run_dir}: no evaluated rounds")
+    agg = aggregate_rounds(run_dir, heads, rds)
+    write_json(run_dir / "evaluation.json", agg)
+    write_run_report(run_dir, agg)
+    return agg
+
+
 def main(args) -> int:
     """`--mode evaluate --checkpoint RUN_DIR [--set key=value ...]`."""
     from config.schema import apply_overrides, validate
@@ -521,9 +543,7 @@ def main(args) -> int:
         heads.append(evaluate_round(rd, copy.deepcopy(cfg), device, progress=True, real=real))
         print(f"{rd}: report {rd / 'report.md'}")
     if len(rds) > 1:
-        agg = aggregate_rounds(run_dir, heads, rds)
-        write_json(run_dir / "evaluation.json", agg)
-        write_run_report(run_dir, agg)
+        agg = write_run_evaluation(run_dir, heads, rds)
         h = {k[:-5]: agg[k] for k in agg if k.endswith("_mean")}
     else:
         h = heads[0]

@@ -70,6 +70,12 @@ class SpectralTargets(torch.nn.Module):
         for name in ("logbp_mean", "logbp_std", "cov", "logpsd"):
             self.register_buffer(name, torch.stack([s[name] for s in stats]))
         self.register_buffer("cov_scale", self.cov.flatten(2).norm(dim=-1).clamp_min(1e-6))  # (C, n_bands)
+        # Class contrast (right minus left): the part of the statistics that carries the label. It is
+        # a few percent of the statistics themselves, so it gets its own, self-normalised term.
+        self.register_buffer("d_logbp", self.logbp_mean[1] - self.logbp_mean[0])
+        self.register_buffer("d_cov", self.cov[1] - self.cov[0])
+        self.register_buffer("d_logbp_scale", self.d_logbp.pow(2).mean().clamp_min(1e-8))
+        self.register_buffer("d_cov_scale", self.d_cov.flatten(1).norm(dim=-1).pow(2).clamp_min(1e-12))
 
     def _psd(self, power: torch.Tensor) -> torch.Tensor:
         p = power[..., self.psd_sel]
@@ -95,21 +101,30 @@ class SpectralTargets(torch.nn.Module):
         return {"logbp_mean": f["logbp"].mean(0), "logbp_std": f["logbp"].std(0), "cov": f["cov"].mean(0),
                 "logpsd": torch.log(f["psd"].mean(0) + 1e-8)}
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(moment loss, spectrum loss) of generated x with labels y; classes absent from y are skipped."""
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """Generated x with labels y -> {"moment", "spectrum", "contrast"} losses (classes with fewer
+        than 2 trials in the batch are skipped)."""
         f = self.features(x)
         moment, spectrum, n = x.new_zeros(()), x.new_zeros(()), 0
+        means, covs = {}, {}
         for c in range(self.logbp_mean.shape[0]):
             sel = y == c
             if sel.sum() < 2:
                 continue
             lb = f["logbp"][sel]
-            moment = moment + F.mse_loss(lb.mean(0), self.logbp_mean[c]) \
+            means[c], covs[c] = lb.mean(0), f["cov"][sel].mean(0)
+            moment = moment + F.mse_loss(means[c], self.logbp_mean[c]) \
                 + F.mse_loss(lb.std(0), self.logbp_std[c]) \
-                + ((f["cov"][sel].mean(0) - self.cov[c]).flatten(1).norm(dim=-1) / self.cov_scale[c]).pow(2).mean()
+                + ((covs[c] - self.cov[c]).flatten(1).norm(dim=-1) / self.cov_scale[c]).pow(2).mean()
             spectrum = spectrum + F.mse_loss(torch.log(f["psd"][sel].mean(0) + 1e-8), self.logpsd[c])
             n += 1
-        return moment / max(n, 1), spectrum / max(n, 1)
+        contrast = x.new_zeros(())
+        if 0 in means and 1 in means:
+            # 1.0 when the generated classes do not differ at all, 0 when they differ like real ones.
+            contrast = (means[1] - means[0] - self.d_logbp).pow(2).mean() / self.d_logbp_scale \
+                + ((covs[1] - covs[0] - self.d_cov).flatten(1).norm(dim=-1).pow(2) / self.d_cov_scale).mean()
+            contrast = contrast / 2
+        return {"moment": moment / max(n, 1), "spectrum": spectrum / max(n, 1), "contrast": contrast}
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor,
@@ -344,6 +359,10 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     save_weights(G, round_dir / "generator.safetensors")
     save_weights(D, round_dir / "critic.safetensors")
     write_json(round_dir / "gan.json", gan_meta(cfg, gen_cfg, crit_cfg, train, standardizer, meta_extra))
+    if splits.source is not None:  # representation=source: projection to the scalp + ROI figure (data/sources.py)
+        from data.sources import write_run_files
+
+        write_run_files(splits.source, round_dir)
     rows = metrics.rows()
     last = rows[-1] if rows else {}
     summary.update({k: last[k] for k in last if k != "epoch" and isinstance(last[k], (int, float))})
@@ -382,8 +401,9 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx, local, device, 
     z = gen.sample_noise(len(idx))[local].to(device)
     fake = G(z, y)
     adv = -D(fake, y).mean()
-    moment, spectrum = targets.losses(fake, y)
-    loss_g = gan["adv_weight"] * adv + gan["moment_weight"] * moment + gan["psd_weight"] * spectrum
+    terms = targets.losses(fake, y)
+    loss_g = gan["adv_weight"] * adv + gan["moment_weight"] * terms["moment"] + gan["psd_weight"] * terms["spectrum"] \
+        + gan["contrast_weight"] * terms["contrast"]
     if extra_loss is not None:
         extra, extra_metrics = extra_loss(fake, y)
         loss_g = loss_g + extra
@@ -392,8 +412,8 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx, local, device, 
     loss_g.backward()
     opt_g.step()
     check_finite(loss_g.item(), "generator loss", epoch, b)
-    out.update(generator_loss=loss_g.item(), adversarial_loss=adv.item(), moment_loss=moment.item(),
-               spectrum_loss=spectrum.item())
+    out.update(generator_loss=loss_g.item(), adversarial_loss=adv.item(), moment_loss=terms["moment"].item(),
+               spectrum_loss=terms["spectrum"].item(), contrast_loss=terms["contrast"].item())
     return out
 
 

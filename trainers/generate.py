@@ -25,6 +25,9 @@ DEFAULT_N = 100
 
 def gan_folder(run_dir, what: str = "GAN run folder") -> Path:
     """The folder holding gan.json: the run folder itself, or round-0 of a multi-round run."""
+    direct = Path(run_dir)
+    if (direct / "gan.json").is_file() and (direct / "generator.safetensors").is_file():
+        return direct  # a round folder: round-<i>/ holds no config.json of its own
     p = resolve_run_dir(run_dir, what)
     for cand in (p, p / "round-0"):
         if (cand / "gan.json").is_file() and (cand / "generator.safetensors").is_file():
@@ -60,6 +63,7 @@ class GeneratorBundle:
     meta: dict
     folder: Path
     device: torch.device
+    projection: object | None = None  # representation=source: data.sources.SourceProjection (source.json)
 
     @property
     def cfg(self) -> dict:
@@ -67,6 +71,9 @@ class GeneratorBundle:
 
     @property
     def ch_names(self) -> list[str]:
+        """Channels of `sample()`'s trials: the sensors a source-space run projects to."""
+        if self.projection is not None:
+            return list(self.projection.out_names)
         return list(self.meta["ch_names"])
 
     @property
@@ -79,7 +86,7 @@ class GeneratorBundle:
 
     @property
     def n_chans(self) -> int:
-        return int(self.meta["n_chans"])
+        return len(self.ch_names) if self.projection is not None else int(self.meta["n_chans"])
 
     @property
     def representation(self) -> str:
@@ -93,6 +100,13 @@ class GeneratorBundle:
 
     def sample(self, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(X float32 (2 * n_per_class, n_chans, n_times) in volts, y int64): left trials, then right."""
+        X, y = self.sample_native(n_per_class, seed)
+        if self.projection is not None:  # ROI sources -> scalp EEG through the leadfield
+            X = self.projection.to_sensors(X)
+        return X, y
+
+    def sample_native(self, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Trials in the generator's own space: sensors (volts), or ROI source values for source runs."""
         from trainers.gan import generate
 
         Z, y = generate(self.generator, int(n_per_class), int(seed), self.device)
@@ -119,7 +133,12 @@ def load_generator(run_dir, device="cpu", with_critic: bool = False) -> Generato
             raise UserError(f"{folder}: critic.safetensors missing")
         _load_weights(crit, folder / "critic.safetensors")
         crit.to(device)
-    return GeneratorBundle(gen, crit, meta, folder, device)
+    from data.sources import load_projection  # source-space runs carry source.json (data/sources.py)
+
+    projection = load_projection(folder) if meta.get("representation", "sensor") == "source" else None
+    if meta.get("representation", "sensor") == "source" and projection is None:
+        raise UserError(f"{folder}: a representation=source run without source.json; retrain it")
+    return GeneratorBundle(gen, crit, meta, folder, device, projection)
 
 
 def to_epochs(X: np.ndarray, y: np.ndarray, ch_names: list[str], sfreq: float, tmin: float = 0.0,
@@ -158,10 +177,15 @@ def main(args) -> int:
         fif.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {fif.parent}: not writable ({e.strerror or e})") from None
-    X, y = bundle.sample(n, bundle.cfg["seed"])
+    X, y = bundle.sample_native(n, bundle.cfg["seed"])
+    extra = {}
+    if bundle.projection is not None:  # sensor epochs projected from the ROI sources, plus the sources
+        extra = {"sources": X, "source_names": np.array(bundle.projection.source_names),
+                 "source_pos": bundle.projection.source_pos}
+        X = bundle.projection.to_sensors(X)
     ep = to_epochs(X, y, bundle.ch_names, bundle.sfreq, bundle.cfg["data"]["tmin"],
-                   sensor=bundle.representation == "sensor")
+                   sensor=bundle.representation == "sensor" or bundle.projection is not None)
     ep.save(fif, overwrite=True, verbose="error")
-    np.savez(npz, X=X, y=y, sfreq=bundle.sfreq, ch_names=np.array(bundle.ch_names))
+    np.savez(npz, X=X, y=y, sfreq=bundle.sfreq, ch_names=np.array(bundle.ch_names), **extra)
     print(f"wrote {len(y)} trials ({n} per class): {fif} and {npz}")
     return 0

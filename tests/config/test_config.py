@@ -15,13 +15,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_main(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "main.py", "--mode", "training", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "main.py", "--mode", "training", *args], cwd=cwd,
+                          capture_output=True, timeout=120)
+    # Decoded by hand: text=True would turn a progress bar's '\r' into a newline.
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
 def assert_one_line_error(proc, *needles):
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    # What a terminal shows: a progress bar cleared with '\r' before the error is not a line.
+    lines = [ln.split("\r")[-1] for ln in proc.stderr.split("\n")]
+    lines = [ln for ln in lines if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     for n in needles:

@@ -122,12 +122,16 @@ def run_main(*sets):
     args = [sys.executable, "main.py", "--mode", "training", "--set", "data.download=false"]
     for s in sets:
         args += ["--set", s]
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=120)
+    # Decoded by hand: text=True would turn a progress bar's '\r' into a newline.
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
 def assert_one_line(proc, *needles):
     assert proc.returncode == 2, proc.stderr[-800:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    # What a terminal shows: a progress bar cleared with '\r' before the error is not a line.
+    lines = [ln.split("\r")[-1] for ln in proc.stderr.split("\n")]
+    lines = [ln for ln in lines if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-800:]
     for n in needles:
         assert n in lines[0], lines[0]

@@ -18,25 +18,35 @@ from trainers.common import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
-# Small and fast: the STFT CNN on three subjects, pooled training on runs 4+8, test on run 12.
-SMALL = ("classifier.architecture=stft", "data.subjects=[2,7,9]", "epochs=12", "batch_size=16")
+# Small and fast: the STFT CNN on four subjects with Euclidean alignment, pooled training on runs
+# 4+8, test on run 12 (60 trials). Seeds 0-5 gave 0.77-0.82 with true labels and 0.27-0.57 with
+# labels made independent of the truth.
+SMALL = ("classifier.architecture=stft", "data.subjects=[1,2,4,7]", "epochs=15", "batch_size=16",
+         "classifier.alignment=euclidean")
 
 
 def test_learns_above_chance_and_not_from_shuffled_labels(make_cfg, tmp_path, monkeypatch):
     cfg = make_cfg(*SMALL)
     real = clf.train_round(cfg, tmp_path / "real", CPU, seed=0)
-    assert real["test_accuracy"] >= 0.62, real
+    assert real["test_accuracy"] >= 0.7, real
 
     def shuffled(*a, **k):
+        # Half of each class relabelled: training labels carry no information about the truth
+        # (a plain permutation can agree with it by chance, which a strong model then learns).
         sp = load_splits(*a, **k)
         rng = np.random.default_rng(123)
-        sp.train.y, sp.val.y = rng.permutation(sp.train.y), rng.permutation(sp.val.y)
+        for es in (sp.train, sp.val):
+            y = es.y.copy()
+            for c in (0, 1):
+                idx = rng.permutation(np.flatnonzero(es.y == c))
+                y[idx[: len(idx) // 2]] = 1 - c
+            es.y = y
         return sp
 
     monkeypatch.setattr(clf, "load_splits", shuffled)
     shuf = clf.train_round(cfg, tmp_path / "shuf", CPU, seed=0)
-    assert shuf["test_accuracy"] <= 0.58, shuf
-    assert real["test_accuracy"] - shuf["test_accuracy"] >= 0.1
+    assert shuf["test_accuracy"] <= 0.65, shuf
+    assert real["test_accuracy"] - shuf["test_accuracy"] >= 0.15
 
 
 def test_run_folder_contents_and_load_classifier(make_cfg):
@@ -84,12 +94,23 @@ def test_rounds_give_per_round_values_and_mean_std(make_cfg):
     assert model is not None
 
 
-def test_resume_continues_bit_identically(make_cfg, tmp_path):
-    opts = ("classifier.architecture=stft", "data.subjects=[1]", "classifier.augment_shift_s=0.2",
-            "classifier.augment_scale=0.1")
-    straight = clf.train_round(make_cfg(*opts, "epochs=4"), tmp_path / "a", CPU, seed=3)
-    clf.train_round(make_cfg(*opts, "epochs=2"), tmp_path / "b", CPU, seed=3)
-    resumed = clf.train_round(make_cfg(*opts, "epochs=4"), tmp_path / "b", CPU, seed=3, resume=True)
+def test_interrupt_then_resume_continues_bit_identically(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg("classifier.architecture=stft", "data.subjects=[1]", "classifier.augment_shift_s=0.2",
+                   "classifier.augment_scale=0.1", "epochs=4")
+    straight = clf.train_round(cfg, tmp_path / "a", CPU, seed=3)
+    real_lr = clf._lr_at
+
+    def interrupt_at_third_epoch(c, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_lr(c, epoch)
+
+    monkeypatch.setattr(clf, "_lr_at", interrupt_at_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        clf.train_round(cfg, tmp_path / "b", CPU, seed=3)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["counters"]["epoch"] == 2
+    monkeypatch.setattr(clf, "_lr_at", real_lr)
+    resumed = clf.train_round(cfg, tmp_path / "b", CPU, seed=3, resume=True)
     assert resumed["epochs_completed"] == 4
     a = load_file(str(tmp_path / "a" / "classifier.safetensors"))
     b = load_file(str(tmp_path / "b" / "classifier.safetensors"))

@@ -20,14 +20,13 @@ def no_evaluation(monkeypatch):
     monkeypatch.setattr(gan, "_evaluate", lambda *a, **k: {})
 
 
-def run(make_cfg, tmp_path, *overrides):
-    from config.schema import SCHEMA  # noqa: F401  (config module import keeps the path set up)
-
-    cfg = make_cfg(*TINY, *overrides)
-    path = tmp_path / "cfg.json"
+def run(make_cfg, folder, *overrides):
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = make_cfg(*TINY, f"output_dir={folder / 'checkpoints'}", *overrides)
+    path = folder / "cfg.json"
     path.write_text(json.dumps(cfg))
     assert main.main(["--mode", "training", "--config", str(path)]) == 0
-    return cfg, tmp_path / "checkpoints" / "gpt2cgan" / "latest"
+    return cfg, folder / "checkpoints" / "gpt2cgan" / "latest"
 
 
 def test_pretrain_on_executed_runs_writes_a_complete_run_folder(make_cfg, tmp_path):
@@ -50,14 +49,15 @@ def test_pretrain_on_executed_runs_writes_a_complete_run_folder(make_cfg, tmp_pa
 
 
 def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path):
-    _, a = run(make_cfg, tmp_path / "a")
-    _, b = run(make_cfg, tmp_path / "b")
+    _, a = run(make_cfg, tmp_path / "a", "gan.figure_every=10")
+    _, b = run(make_cfg, tmp_path / "b", "gan.figure_every=10")
     from safetensors.torch import load_file
 
     wa, wb = load_file(str(a / "generator.safetensors")), load_file(str(b / "generator.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # Resume: run 1 epoch, then continue to 2 with --resume; same weights as the straight run.
-    _, c = run(make_cfg, tmp_path / "c", "epochs=1")
+    _, c = run(make_cfg, tmp_path / "c", "gan.figure_every=10", "epochs=1")
+    (c / "round_summary.json").unlink()  # as if the run had stopped after its epoch-1 checkpoint
     assert main.main(["--mode", "training", "--resume", str(c), "--set", "epochs=2"]) == 0
     wc = load_file(str(c / "generator.safetensors"))
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
@@ -73,11 +73,14 @@ def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere
     X[20:, 1] += torch.sin(2 * torch.pi * 20 * t)   # class 1: 20 Hz on channel 1
     y = torch.tensor([0] * 20 + [1] * 20)
     targets = gan.SpectralTargets(X, y, 160.0)
-    moment, spectrum = targets.losses(X, y)
-    # The batch's own std/mean equal the targets; only the batch-size std estimator differs.
-    assert moment.item() < 1e-6 and spectrum.item() < 1e-6
-    swapped, _ = targets.losses(X, 1 - y)
-    assert swapped.item() > 0.1
+    same = targets.losses(X, y)
+    # The batch's own statistics are the targets.
+    assert max(v.item() for v in same.values()) < 1e-6
+    swapped = targets.losses(X, 1 - y)
+    assert swapped["moment"].item() > 0.1
+    assert swapped["contrast"].item() == pytest.approx(4.0, rel=1e-3)  # difference reversed: (-d - d)^2 / d^2 = 4
+    merged = targets.losses(X, torch.zeros_like(y))  # one class only: no contrast to judge
+    assert merged["contrast"].item() == 0.0
     # Band covariance via Parseval equals band-passing then x x^T / n_times.
     f = targets.features(X[:2])
     freqs = torch.fft.rfftfreq(640, 1 / 160.0)

@@ -1,0 +1,130 @@
+"""evaluate_round and `--mode evaluate` on small GAN run folders built with the GAN trainer's code."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import main as cli
+
+TINY = ("subject_count=2", "model_name=gpt2cgan", "n_layer=1", "n_embd=16", "n_head=2",
+        "evaluation.classifier_steps=4", "evaluation.augment_trials=[5]", "evaluation.augment_seeds=1",
+        "evaluation.augment_per_class=8", "evaluation.fd_dims=8")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_gan_run(cfg: dict, run_dir: Path) -> Path:
+    """A finished (randomly initialised) GAN run folder: config.json, gan.json, weights, metrics.jsonl."""
+    from data.dataset import Standardizer, load_splits, pretrain_data_cfg
+    from trainers.common import round_dirs
+    from trainers.gan import build_models, gan_meta, save_weights
+    from utils.checkpoint import write_json
+    from utils.runtime import seed_everything
+
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "config.json", cfg)
+    splits = load_splits(cfg, pretrain_data_cfg(cfg), progress=False)
+    std = Standardizer.fit(splits.train.X)
+    for i, rd in enumerate(round_dirs(run_dir, cfg["rounds"])):
+        rd.mkdir(exist_ok=True)
+        seed_everything(cfg["seed"] + i)
+        G, D = build_models(cfg, splits.train.n_chans, splits.train.n_times, splits.train.sfreq)
+        save_weights(G, rd / "generator.safetensors")
+        save_weights(D, rd / "critic.safetensors")
+        write_json(rd / "gan.json", gan_meta(cfg, G.config, D.config, splits.train, std))
+        (rd / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "critic_loss": 1.0 / e, "wasserstein": 0.1 * e})
+                                                  + "\n" for e in (1, 2, 3)))
+    return run_dir
+
+
+class CopyingBundle:
+    """A "generator" that replays real training trials: the known answer for the copying check."""
+
+    def __init__(self, cfg):
+        from data.dataset import load_splits
+
+        sp = load_splits(cfg, progress=False)
+        self.X, self.y = sp.train.X, sp.train.y
+        self.ch_names, self.sfreq, self.n_times, self.n_chans = sp.train.ch_names, sp.train.sfreq, sp.train.n_times, sp.train.n_chans
+
+    def sample(self, n_per_class, seed):
+        rng = np.random.default_rng(seed)
+        idx = np.concatenate([rng.choice(np.flatnonzero(self.y == c), n_per_class) for c in (0, 1)])
+        return self.X[idx], self.y[idx]
+
+
+def test_evaluate_round_writes_report_figures_and_headline(make_cfg, tmp_path):
+    from trainers.evaluate import evaluate_round
+
+    cfg = make_cfg(*TINY)
+    run = make_gan_run(cfg, tmp_path / "run")
+    head = evaluate_round(run, cfg, "cpu", progress=False)
+    for k in ("eval_tstr_cnn", "eval_tstr_cnn_phase", "eval_tstr_cnn_floor", "eval_frechet", "eval_frechet_phase",
+              "eval_frechet_floor", "eval_swd", "eval_psd_db", "eval_nn_ratio", "eval_aug_gain_5", "eval_time_s"):
+        assert k in head and np.isfinite(head[k]), k
+    assert 0 <= head["eval_tstr_cnn"] <= 1
+    # The references behave as their definitions say: real halves are close, phase-randomised copies
+    # keep the spectrum (small dB difference) and the amplitude.
+    assert head["eval_psd_db_floor"] < 3 and head["eval_psd_db_phase"] < 3
+    assert 0.7 < head["eval_std_ratio_phase"] < 1.3 and 0.7 < head["eval_nn_ratio_floor"] < 1.4
+    res = json.loads((run / "evaluation.json").read_text())
+    assert set(res["candidates"]) == {"gan", "phase_random", "real"}
+    report = (run / "report.md").read_text()
+    assert "| metric | GAN | phase-randomised | real (floor) |" in report and "## Targets" in report
+    for name in ("trials", "psd", "topomap_mu", "tfr", "curves", "embedding"):
+        png = run / "evaluation" / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", name
+        assert f"evaluation/{name}.png" in report
+    # The GAN-independent references come from the cache the second time, with the same numbers.
+    again = evaluate_round(run, cfg, "cpu", progress=False)
+    assert again["eval_frechet_phase"] == head["eval_frechet_phase"]
+    assert again["eval_tstr_cnn_floor"] == head["eval_tstr_cnn_floor"]
+
+
+def test_copying_generator_is_caught_and_matches_the_real_decoder(make_cfg, tmp_path, monkeypatch):
+    import trainers.generate
+    from trainers.evaluate import evaluate_round
+
+    cfg = make_cfg(*TINY, "evaluation.figures=false")
+    run = make_gan_run(cfg, tmp_path / "run")
+    monkeypatch.setattr(trainers.generate, "load_generator", lambda *a, **k: CopyingBundle(cfg))
+    head = evaluate_round(run, cfg, "cpu", progress=False)
+    assert head["eval_nn_ratio"] < 0.01 < 0.5 < head["eval_nn_ratio_floor"]
+    assert head["eval_std_ratio"] == pytest.approx(1.0, abs=0.25)
+    assert not (run / "evaluation").exists()
+
+
+def test_cli_evaluates_every_round_and_aggregates(make_cfg, tmp_path, capsys):
+    cfg = make_cfg(*TINY, "rounds=2", "evaluation.figures=false")
+    run = make_gan_run(cfg, tmp_path / "run")
+    assert cli.main(["--mode", "evaluate", "--checkpoint", str(run), "--set", "training.num_threads=1"]) == 0
+    for i in (0, 1):
+        assert (run / f"round-{i}" / "evaluation.json").is_file() and (run / f"round-{i}" / "report.md").is_file()
+    agg = json.loads((run / "evaluation.json").read_text())
+    assert agg["rounds"] == 2 and len(agg["per_round"]) == 2
+    assert "eval_frechet_mean" in agg and "eval_frechet_std" in agg
+    assert agg["per_round"][0]["eval_frechet"] != agg["per_round"][1]["eval_frechet"]  # different generators
+    assert "round-1/report.md" in (run / "report.md").read_text()
+    assert "evaluation:" in capsys.readouterr().out
+
+
+def test_cli_evaluate_rejects_bad_folders(make_cfg, tmp_path, capsys):
+    assert cli.main(["--mode", "evaluate", "--checkpoint", str(tmp_path / "nope")]) == 2
+    cfg = make_cfg("subject_count=2", "model_name=gpt2cgan")
+    run = tmp_path / "unfinished"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert cli.main(["--mode", "evaluate", "--checkpoint", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("error: ") for e in err)

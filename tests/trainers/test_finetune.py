@@ -1,0 +1,104 @@
+"""gpt2xcnn / gpt2scnn: fine-tuning through a frozen classifier, the scratch ablation, every error path."""
+import json
+
+import numpy as np
+import pytest
+
+import main
+import trainers.gan as gan
+
+COMMON = ["data.subjects=[1]", "epochs=1", "batch_size=16", "training.num_threads=1"]
+GAN = ["n_embd=16", "n_layer=1", "n_head=2", "gan.patch_size=32", "gan.critic_width=8", "gan.critic_steps=1",
+       "gan.figure_every=10"]
+TRIO = 'data.channels=["C3","Cz","C4"]'
+
+
+@pytest.fixture(scope="module")
+def assets(data_path, cache_dir, tmp_path_factory):
+    """A pretrained GAN (executed runs), a shallow classifier (21 channels), an stft classifier (C3/Cz/C4)."""
+    from config.schema import apply_overrides, validate
+
+    folder = tmp_path_factory.mktemp("ft")
+    base = {"data_path": str(data_path), "cache_dir": str(cache_dir), "output_dir": str(folder / "checkpoints"),
+            "data": {"download": False}}
+
+    def train(name, *overrides):
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(validate(apply_overrides(base, COMMON + list(overrides)))))
+        assert main.main(["--mode", "training", "--config", str(path)]) == 0
+        latest = folder / "checkpoints" / overrides[0].split("=")[1] / "latest"
+        return latest.resolve()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gan, "_evaluate", lambda *a, **k: {})
+        runs = {"gan": train("gan", "model_name=gpt2cgan", "pretrain_data.task=execution", *GAN),
+                "shallow": train("shallow", "model_name=classifier", "classifier.architecture=shallow"),
+                "stft": train("stft", "model_name=classifier", "classifier.architecture=stft", TRIO)}
+    return base, folder, runs
+
+
+def finetune(assets, tmp_path, monkeypatch, *overrides):
+    from config.schema import apply_overrides, validate
+
+    monkeypatch.setattr(gan, "_evaluate", lambda *a, **k: {})
+    base, _, _ = assets
+    base = {**base, "output_dir": str(tmp_path / "checkpoints")}
+    path = tmp_path / "ft.json"
+    path.write_text(json.dumps(validate(apply_overrides(base, COMMON + GAN + list(overrides)))))
+    return main.main(["--mode", "training", "--config", str(path)])
+
+
+def test_gpt2xcnn_fine_tunes_the_pretrained_gan_on_imagery(assets, tmp_path, monkeypatch):
+    _, _, runs = assets
+    assert finetune(assets, tmp_path, monkeypatch, "model_name=gpt2xcnn", f"pretrained_finetune_path={runs['gan']}",
+                    f"pretrained_classifier_path={runs['shallow']}", "finetune.cls_weight=2.0") == 0
+    run = tmp_path / "checkpoints" / "gpt2xcnn" / "latest"
+    meta = json.loads((run / "gan.json").read_text())
+    assert meta["fine_tune"] is True and meta["pretrained_from"] == str(runs["gan"])
+    assert meta["data"]["train_runs"] == [4, 8]  # target: imagery; the GAN was pretrained on 3/7/11
+    pre = json.loads((runs["gan"] / "gan.json").read_text())
+    assert meta["standardizer"] == pre["standardizer"]  # output units stay those of the pretrained generator
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 0.0 <= rows[0]["classifier_accuracy"] <= 1.0 and np.isfinite(rows[0]["classifier_loss"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert "classifier_accuracy_generated" in summary and "classifier_accuracy_real_test" in summary
+    # The fine-tuned generator differs from the one it started from.
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(runs["gan"] / "generator.safetensors")), load_file(str(run / "generator.safetensors"))
+    assert any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_gpt2scnn_from_scratch_is_the_ablation(assets, tmp_path, monkeypatch):
+    _, _, runs = assets
+    assert finetune(assets, tmp_path, monkeypatch, "model_name=gpt2scnn", "fine_tune=false", TRIO,
+                    "pretrained_finetune_path=/does/not/matter",
+                    f"pretrained_classifier_path={runs['stft']}") == 0
+    meta = json.loads((tmp_path / "checkpoints" / "gpt2scnn" / "latest" / "gan.json").read_text())
+    assert meta["fine_tune"] is False and meta["pretrained_from"] is None and meta["n_chans"] == 3
+
+
+@pytest.mark.parametrize("case, overrides, message", [
+    ("missing GAN", ["model_name=gpt2xcnn", "pretrained_finetune_path={tmp}/none", "pretrained_classifier_path={shallow}"],
+     "not found"),
+    ("missing classifier", ["model_name=gpt2xcnn", "pretrained_finetune_path={gan}",
+                            "pretrained_classifier_path={tmp}/none"], "not found"),
+    ("scnn needs stft", ["model_name=gpt2scnn", "pretrained_finetune_path={gan}",
+                         "pretrained_classifier_path={shallow}"], "needs a stft classifier"),
+    ("xcnn needs temporal CNN", ["model_name=gpt2xcnn", "pretrained_finetune_path={gan}", TRIO,
+                                 "pretrained_classifier_path={stft}"], "eegnet or shallow"),
+    ("classifier channels", ["model_name=gpt2xcnn", "pretrained_finetune_path={gan}", TRIO,
+                             "pretrained_classifier_path={shallow}"], "channels"),
+    ("GAN channels", ["model_name=gpt2scnn", "pretrained_finetune_path={gan}", TRIO,
+                      "pretrained_classifier_path={stft}"], "pretrained GAN"),
+    ("GAN length", ["model_name=gpt2xcnn", "pretrained_finetune_path={gan}", "data.tmax=3.0",
+                    "pretrained_classifier_path={shallow}"], "samples"),
+    ("GAN path is a classifier", ["model_name=gpt2xcnn", "pretrained_finetune_path={shallow}",
+                                  "pretrained_classifier_path={shallow}"], "gan.json"),
+])
+def test_error_paths_exit_2_with_one_line(assets, tmp_path, monkeypatch, capsys, case, overrides, message):
+    _, _, runs = assets
+    fill = {"tmp": tmp_path, **runs}
+    assert finetune(assets, tmp_path, monkeypatch, *[o.format(**fill) for o in overrides]) == 2, case
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
