@@ -37,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _training(args) -> int:
     from config.schema import load_config
-    from trainers.common import run_training
     from utils.runs import read_run_config, resolve_run_dir
-    from utils.runtime import pick_device, set_threads
 
     if args.resume:
         from config.schema import apply_overrides, validate
@@ -49,6 +47,10 @@ def _training(args) -> int:
     else:
         run_dir = None
         cfg = load_config(args.config, args.overrides)
+    # torch is imported only once the config is valid: a bad key fails in a fraction of a second.
+    from trainers.common import run_training
+    from utils.runtime import pick_device, set_threads
+
     set_threads(cfg)
     if cfg["parallel"]:
         from utils.distributed import run_parallel

@@ -213,7 +213,7 @@ SCHEMA: dict[str, Any] = {
                                     nullable=False),
         "augment_seeds": _int(3, "augmentation gain: random draws of the real trials per setting", lo=1),
         "augment_per_class": _int(40, "augmentation gain: generated trials added per class", lo=1),
-        "classifier_steps": _int(40, "Adam steps of each evaluation classifier (fixed budget, any set size)", lo=1),
+        "classifier_steps": _int(100, "Adam steps of each evaluation classifier (fixed budget, any set size)", lo=1),
         "classifier_batch": _int(32, "trials per step of the evaluation classifiers", lo=1),
         "classifier_lr": _float(0.003, "Adam learning rate of the evaluation classifiers", lo=0, hi=1),
         "architecture": _str(None, "evaluation classifier (null: classifier.architecture)",

@@ -38,7 +38,7 @@ from utils.errors import UserError
 CANDIDATES = ("gan", "phase_random", "real")
 # Evaluation settings; `cfg["evaluation"]` overrides them (see config/schema.py).
 DEFAULTS = {"n_per_class": None, "augment_trials": [5, 10, 20], "augment_seeds": 3, "augment_per_class": 40,
-            "classifier_steps": 40, "classifier_batch": 32, "classifier_lr": 0.003, "architecture": None, "fd_dims": 32,
+            "classifier_steps": 100, "classifier_batch": 32, "classifier_lr": 0.003, "architecture": None, "fd_dims": 32,
             "csp_components": 6, "figures": True}
 CACHE_VERSION = 1
 
@@ -328,6 +328,8 @@ def targets_status(h: dict) -> list[str]:
 def _fmt(v, pct=False) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, str):
+        return v
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{100 * v:.1f}%" if pct else f"{v:.4g}"
@@ -340,8 +342,9 @@ METRIC_ROWS = [  # (label, path into a candidate's result, percentage?)
     ("Sliced Wasserstein (units of real std)", ("distribution", "sliced_wasserstein"), False),
     ("mean abs log-PSD difference, dB (4-40 Hz)", ("distribution", "psd_db_abs"), False),
     ("mu/beta power rel. error at C3/Cz/C4 (mean abs)", ("distribution", "band_power_error", "mean_abs"), False),
-    ("lateralisation C3, dB (real held-out: see note)", ("distribution", "lateralization", "C3_generated_db"), False),
-    ("lateralisation C4, dB", ("distribution", "lateralization", "C4_generated_db"), False),
+    ("mu lateralisation C3, right - left, dB (reference: below)", ("distribution", "lateralization", "C3_generated_db"), False),
+    ("mu lateralisation C4, right - left, dB", ("distribution", "lateralization", "C4_generated_db"), False),
+    ("lateralisation sign agrees at C3 / C4", ("distribution", "lateralization", "signs"), False),
     ("NN distance ratio (copying: ~0)", ("distribution", "nn_ratio"), False),
     ("std ratio (generated / real)", ("distribution", "std_ratio"), False),
     ("NaN + inf samples", ("distribution", "nan_count"), False),
@@ -349,6 +352,9 @@ METRIC_ROWS = [  # (label, path into a candidate's result, percentage?)
 
 
 def _get(d, path):
+    if path[-1] == "signs":
+        lat = _get(d, path[:-1]) or {}
+        return " / ".join(_fmt(lat[f"{ch}_sign_agrees"]) for ch in ("C3", "C4") if f"{ch}_sign_agrees" in lat) or None
     for p in path:
         if not isinstance(d, dict) or p not in d:
             return None

@@ -256,11 +256,12 @@ def generate(generator, n_per_class: int, seed: int, device, batch_size: int = 2
 
 def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume: bool, splits, standardizer,
             generator: GPT2Generator, critic: Critic, extra_loss=None, meta_extra: dict | None = None,
-            progress: bool = True, adv_weight: float | None = None) -> dict:
+            progress: bool = True, adv_weight: float | None = None, on_epoch=None) -> dict:
     """Train (generator, critic) on splits.train; write the run-folder artefacts; return the summary.
 
     extra_loss(fake_std_units, y) -> (loss tensor, {metric: float}) is added to the generator loss
-    (the fine-tuning trainers' frozen-classifier term).
+    (the fine-tuning trainers' frozen-classifier term). on_epoch(epoch, generator, row) runs on the
+    main process after every epoch (bench/bench_gan.py records quality curves with it).
     """
     round_dir = Path(round_dir)
     main = dist.is_main()
@@ -336,6 +337,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
             partial, start_batch = {}, 0
             if main:
                 row.update(monitor(epoch + 1))
+                if on_epoch is not None:
+                    row.update(on_epoch(epoch + 1, G.module if hasattr(G, "module") else G, row) or {})
                 metrics.append(row)
                 bar.set_postfix(w=f"{row['wasserstein']:.3f}", mom=f"{row.get('moment_loss', float('nan')):.3f}")
                 if (epoch + 1) % cfg["training"]["checkpoint_every"] == 0 or epoch + 1 == cfg["epochs"]:
@@ -393,7 +396,7 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx, local, device, 
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
-    check_finite(loss_d.item(), "critic loss", epoch, b)
+    check_finite(loss_d.item(), "critic loss", epoch + 1, b)  # epochs 1-based, as in metrics.jsonl
     out = {"critic_loss": loss_d.item(), "gradient_penalty": gp.item(), "wasserstein": (d_real - d_fake).item()}
     if not generator_step:
         return out
@@ -411,7 +414,7 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx, local, device, 
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
-    check_finite(loss_g.item(), "generator loss", epoch, b)
+    check_finite(loss_g.item(), "generator loss", epoch + 1, b)
     out.update(generator_loss=loss_g.item(), adversarial_loss=adv.item(), moment_loss=terms["moment"].item(),
                spectrum_loss=terms["spectrum"].item(), contrast_loss=terms["contrast"].item())
     return out

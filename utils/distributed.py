@@ -93,7 +93,9 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # find_unused_parameters: GPT-2's token embedding is never used (inputs come through
+    # inputs_embeds), and a GAN's critic takes no gradient in some steps.
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -21,6 +21,14 @@ def run_main(*args, cwd=ROOT):
     return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
+def run_inprocess(capsys, *args):
+    """Same CLI path without a new interpreter (torch import) per case: returns (exit code, stderr)."""
+    import main
+
+    rc = main.main(["--mode", "training", *args])
+    return subprocess.CompletedProcess(args, rc, "", capsys.readouterr().err)
+
+
 def assert_one_line_error(proc, *needles):
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
     # What a terminal shows: a progress bar cleared with '\r' before the error is not a line.
@@ -41,17 +49,28 @@ def write(tmp_path, text: str) -> str:
 @pytest.mark.parametrize("text, needles", [
     ('{"epochs": 3,', ("malformed JSON", "line 1")),
     ('{"epochz": 3}', ("'epochz'", "unknown key")),
+    ('{"learning_rate": -0.1}', ("'learning_rate'", "minimum")),
+])
+def test_bad_config_file_exits_2_with_one_line(tmp_path, text, needles):
+    """A real process: exit status 2, one stderr line, no traceback."""
+    assert_one_line_error(run_main("--config", write(tmp_path, text)), *needles)
+
+
+@pytest.mark.parametrize("text, needles", [
     ('{"data": {"tmaxx": 3}}', ("'data.tmaxx'", "unknown key")),
     ('{"batch_size": "32"}', ("'batch_size'", "integer")),
     ('{"gpu": 1}', ("'gpu'", "boolean")),
-    ('{"learning_rate": -0.1}', ("'learning_rate'", "minimum")),
     ('{"classifier": {"dropout": 1.5}}', ("'classifier.dropout'", "maximum")),
     ('{"classifier": {"architecture": "resnet"}}', ("'classifier.architecture'", "not one of")),
     ('{"classifier": {"patience": 0}}', ("'classifier.patience'", "minimum")),
     ('[1, 2]', ("expected a JSON object",)),
 ])
-def test_bad_config_file_exits_2_with_one_line(tmp_path, text, needles):
-    assert_one_line_error(run_main("--config", write(tmp_path, text)), *needles)
+def test_bad_config_values_exit_2_with_one_line(tmp_path, capsys, text, needles):
+    assert_one_line_error(run_inprocess(capsys, "--config", write(tmp_path, text)), *needles)
+
+
+def test_bad_set_in_a_real_process():
+    assert_one_line_error(run_main("--set", "epochs=abc"), "'epochs'", "integer")
 
 
 @pytest.mark.parametrize("override, needles", [
@@ -61,12 +80,12 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path, text, needles):
     ("classifier=1", ("classifier", "section")),
     ("epochs", ("KEY=VALUE",)),
 ])
-def test_bad_set_exits_2_with_one_line(override, needles):
-    assert_one_line_error(run_main("--set", override), *needles)
+def test_bad_set_exits_2_with_one_line(capsys, override, needles):
+    assert_one_line_error(run_inprocess(capsys, "--set", override), *needles)
 
 
-def test_missing_config_file(tmp_path):
-    assert_one_line_error(run_main("--config", str(tmp_path / "nope.json")), "not found")
+def test_missing_config_file(tmp_path, capsys):
+    assert_one_line_error(run_inprocess(capsys, "--config", str(tmp_path / "nope.json")), "not found")
 
 
 def test_epoches_alias_is_accepted():
@@ -110,3 +129,8 @@ def test_reference_covers_every_key():
     out = subprocess.run([sys.executable, "-m", "config.schema"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0
     assert "| `classifier.architecture` |" in out.stdout and "| `epochs` |" in out.stdout
+    # The README's reference is that table: regenerate it when a key is added.
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- section: config -->")[1].split("<!-- /section: config -->")[0]
+    missing = [k for k in sorted(keys) if f"| `{k}` |" not in section]
+    assert not missing, f"README config reference lacks {missing}; paste `python -m config.schema` into it"

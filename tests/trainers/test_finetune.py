@@ -91,8 +91,8 @@ def test_gpt2scnn_from_scratch_is_the_ablation(assets, tmp_path, monkeypatch):
                              "pretrained_classifier_path={shallow}"], "channels"),
     ("GAN channels", ["model_name=gpt2scnn", "pretrained_finetune_path={gan}", TRIO,
                       "pretrained_classifier_path={stft}"], "pretrained GAN"),
-    ("GAN length", ["model_name=gpt2xcnn", "pretrained_finetune_path={gan}", "data.tmax=3.0",
-                    "pretrained_classifier_path={shallow}"], "samples"),
+    ("trial length", ["model_name=gpt2xcnn", "pretrained_finetune_path={gan}", "data.tmax=3.0",
+                    "pretrained_classifier_path={shallow}"], "sample trials"),
     ("GAN path is a classifier", ["model_name=gpt2xcnn", "pretrained_finetune_path={shallow}",
                                   "pretrained_classifier_path={shallow}"], "gan.json"),
 ])
@@ -100,5 +100,6 @@ def test_error_paths_exit_2_with_one_line(assets, tmp_path, monkeypatch, capsys,
     _, _, runs = assets
     fill = {"tmp": tmp_path, **runs}
     assert finetune(assets, tmp_path, monkeypatch, *[o.format(**fill) for o in overrides]) == 2, case
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err, err
+    err = capsys.readouterr().err  # may also hold progress bars (\r-separated)
+    line = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert err.count("error:") == 1 and line.startswith("error:") and message in line, err

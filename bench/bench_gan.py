@@ -1,0 +1,214 @@
+"""GAN benchmarks: training throughput / FLOP efficiency, and transfer (pretrained vs scratch).
+
+    python bench/bench_gan.py speed    [--threads N] [--steps 10]
+    python bench/bench_gan.py transfer [--threads N] [--pretrain-epochs 30] [--epochs 20] [--every 2]
+                                       [--set KEY=VALUE ...]
+
+speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
+plus the generator update every gan.critic_steps batches) on random trials of the default data
+shape. Reports real trials consumed per second, the step's FLOPs counted with
+torch.utils.flop_counter.FlopCounterMode, the achieved GFLOP/s, and that as a fraction of the
+dense float32 matmul GFLOP/s measured in the same process with the same thread count.
+
+transfer: pretrains gpt2cgan on the executed runs (3/7/11), then trains on the imagined runs
+(4/8/12) for --epochs epochs twice, once starting from the pretrained networks and once from
+scratch, and records quality every --every epochs: CSP+LDA accuracy on real held-out trials of
+a model trained on generated trials (TSTR), mean relative mu/beta power error at C3/Cz/C4, and
+the mu lateralisation at C3/C4. Writes both curves.
+
+Results: a table on stdout and JSON in bench/results/gan.json (speed) or gan_transfer.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def speed(args) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
+
+    from config.schema import load_config
+    from trainers.gan import SpectralTargets, _train_step, build_models
+
+    cfg = load_config(ROOT / "config" / "config.json", ["model_name=gpt2cgan"] + args.set)
+    n_chans, n_times, sfreq, bs = 21, 640, 160.0, cfg["batch_size"]
+    torch.manual_seed(0)
+    G, D = build_models(cfg, n_chans, n_times, sfreq)
+    X = torch.randn(4 * bs, n_chans, n_times)
+    y = torch.arange(4 * bs) % 2
+    targets = SpectralTargets(X, y, sfreq)
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    idx = np.arange(bs)
+    local = slice(0, bs)
+
+    def step(gen_step: bool):
+        _train_step(cfg, G, D, opt_g, opt_d, targets, X, y, idx, local, "cpu", None, 0, 0, gen_step)
+
+    flops = {}
+    for kind in (False, True):
+        # FlopCounterMode's module tracker breaks torch.autograd.grad (the gradient penalty), so
+        # only its dispatch-level counter is entered: same FLOP formulas, no per-module table.
+        fc = FlopCounterMode(display=False)
+        with _FlopCounterMode(fc):
+            step(kind)
+        flops[kind] = fc.get_total_flops()
+    k = cfg["gan"]["critic_steps"]
+    times = {}
+    for kind in (False, True):
+        step(kind)
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step(kind)
+        times[kind] = (time.perf_counter() - t) / args.steps
+    # One "cycle" = k critic steps, the last of which also updates the generator.
+    cycle_s = (k - 1) * times[False] + times[True]
+    cycle_flops = (k - 1) * flops[False] + flops[True]
+    mm = matmul_gflops()
+    achieved = cycle_flops / cycle_s / 1e9
+    return {"threads": torch.get_num_threads(), "batch_size": bs, "critic_steps": k,
+            "generator_params": sum(p.numel() for p in G.parameters()),
+            "critic_params": sum(p.numel() for p in D.parameters()),
+            "critic_step_s": times[False], "critic_plus_generator_step_s": times[True],
+            "critic_step_gflop": flops[False] / 1e9, "critic_plus_generator_step_gflop": flops[True] / 1e9,
+            "samples_per_s": k * bs / cycle_s, "achieved_gflops": achieved, "matmul_gflops": mm,
+            "fraction_of_matmul": achieved / mm,
+            "epoch_s_estimate_default_data": cycle_s / k * 15}
+
+
+def transfer(args) -> dict:
+    import trainers.gan as tg
+    from config.schema import load_config
+    from data.dataset import Standardizer, load_splits, pretrain_data_cfg
+    from trainers.generate import load_generator
+    from utils import metrics as M
+    from utils.runtime import seed_everything
+
+    out = Path(args.out)
+    base = ["model_name=gpt2cgan", f"output_dir={out}", "gan.figure_every=1000"] + args.set
+    cfg_src = load_config(ROOT / "config" / "config.json", base + ["pretrain_data.task=execution",
+                                                                    f"epochs={args.pretrain_epochs}"])
+    cfg_tgt = load_config(ROOT / "config" / "config.json", base + [f"epochs={args.epochs}"])
+    tg._evaluate = lambda *a, **k: {}
+    seed = cfg_src["seed"]
+
+    # 1. pretraining on the source task
+    t = time.perf_counter()
+    seed_everything(seed)
+    src = load_splits(cfg_src, pretrain_data_cfg(cfg_src), seed=seed, progress=False)
+    std_src = Standardizer.fit(src.train.X, cfg_src["data"]["normalize"])
+    g, d = tg.build_models(cfg_src, src.train.n_chans, src.train.n_times, src.train.sfreq)
+    pre_dir = out / "pretrain"
+    pre_dir.mkdir(parents=True, exist_ok=True)
+    tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d, progress=not args.quiet)
+    pretrain_s = time.perf_counter() - t
+
+    tgt = load_splits(cfg_tgt, seed=seed, progress=False)
+    real_csp = M.csp_lda_accuracy(tgt.train.X, tgt.train.y, tgt.test.X, tgt.test.y)
+    n_gen = int(np.bincount(tgt.train.y).max())
+
+    def curve(name, std):
+        rows = []
+
+        def on_epoch(epoch, gen, row):
+            if epoch % args.every and epoch != args.epochs:
+                return {}
+            fake, yf = tg.generate(gen, n_gen, seed + 1, "cpu")
+            Xg, yg = std.inverse(fake.numpy()), yf.numpy()
+            bp = M.band_power_errors(Xg, yg, tgt.test.X, tgt.test.y, tgt.train.sfreq, tgt.train.ch_names)
+            lat = M.lateralization(Xg, yg, tgt.train.sfreq, tgt.train.ch_names)
+            q = {"epoch": epoch, "tstr_csp": M.csp_lda_accuracy(Xg, yg, tgt.test.X, tgt.test.y),
+                 "band_error": bp["mean_abs"], "mu_lat_C3_db": lat.get("C3"), "mu_lat_C4_db": lat.get("C4"),
+                 "moment_loss": row.get("moment_loss")}
+            rows.append(q)
+            print(f"  {name:9s} epoch {epoch:3d}  TSTR {q['tstr_csp']:.3f}  band err {q['band_error']:.3f}  "
+                  f"mu lat C3 {q['mu_lat_C3_db']:+.2f} dB C4 {q['mu_lat_C4_db']:+.2f} dB", flush=True)
+            return {}
+        return rows, on_epoch
+
+    results = {}
+    for name in ("pretrained", "scratch"):
+        seed_everything(seed)
+        if name == "pretrained":
+            b = load_generator(pre_dir, with_critic=True)
+            g, d, std = b.generator, b.critic, b.standardizer
+            g.train().requires_grad_(True)
+            d.train().requires_grad_(True)
+        else:
+            std = Standardizer.fit(tgt.train.X, cfg_tgt["data"]["normalize"])
+            g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq)
+        rows, cb = curve(name, std)
+        rd = out / name
+        rd.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        tg.fit_gan(cfg_tgt, rd, torch.device("cpu"), seed, False, tgt, std, g, d, progress=False, on_epoch=cb)
+        results[name] = {"curve": rows, "train_s": time.perf_counter() - t}
+    return {"threads": torch.get_num_threads(), "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
+            "pretrain_s": pretrain_s, "real_trained_csp": real_csp, "overrides": args.set, **results}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("speed", "transfer"))
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--pretrain-epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--every", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "checkpoints" / "bench_transfer"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")  # CSP eigendecompositions (see utils/metrics.py)
+    except ImportError:
+        pass
+    print(f"torch threads: {torch.get_num_threads()}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.what == "speed":
+        res = speed(args)
+        print(f"{'metric':36s} value")
+        for k, v in res.items():
+            print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")
+        path = RESULTS / "gan.json"
+    else:
+        if not any(s.startswith("data_path=") for s in args.set):
+            args.set.append(f"data_path={ROOT.parent / 'shared' / 'data' / 'eegmmidb'}")
+        res = transfer(args)
+        print(f"real-trained CSP+LDA accuracy on the held-out run: {res['real_trained_csp']:.3f}")
+        print(f"{'epoch':>5s} | {'TSTR pre':>8s} {'TSTR scr':>8s} | {'bandErr pre':>11s} {'bandErr scr':>11s}")
+        for a, b in zip(res["pretrained"]["curve"], res["scratch"]["curve"]):
+            print(f"{a['epoch']:5d} | {a['tstr_csp']:8.3f} {b['tstr_csp']:8.3f} | {a['band_error']:11.3f} "
+                  f"{b['band_error']:11.3f}")
+        path = RESULTS / "gan_transfer.json"
+    path.write_text(json.dumps(res, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

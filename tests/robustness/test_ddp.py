@@ -1,0 +1,59 @@
+"""Two CPU processes (torchrun, gloo) train like one process with the same global batch."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+import main as cli
+
+ROOT = Path(__file__).resolve().parents[2]
+CHEAP_EVALUATION = ["evaluation.augment_trials=[5]", "evaluation.augment_seeds=1", "evaluation.classifier_steps=2",
+                    "evaluation.figures=false", "evaluation.augment_per_class=5", "evaluation.n_per_class=5",
+                    "evaluation.fd_dims=2", "evaluation.csp_components=2"]
+
+
+def gan_args(data_path, cache_dir, out, *extra):
+    # subject 1: 24 training trials, global batch 8 -> 4 per rank, 3 steps per epoch
+    sets = [f"data_path={data_path}", f"cache_dir={cache_dir}", f"output_dir={out}", "data.download=false",
+            "model_name=gpt2cgan", "data.subjects=[1]", "epochs=2", "n_embd=16", "n_layer=1", "n_head=2",
+            "batch_size=8", "gan.critic_steps=2", "gan.critic_width=8", "gan.figure_every=1000",
+            "training.num_threads=1", *CHEAP_EVALUATION, *extra]
+    return ["--mode", "training"] + [a for s in sets for a in ("--set", s)]
+
+
+def test_two_process_gan_matches_single_process(data_path, cache_dir, tmp_path):
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    env = {**os.environ, "DDP_DUMP": str(dump), "OMP_NUM_THREADS": "1"}
+    for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(v, None)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(ROOT / "tests" / "robustness" / "ddp_driver.py"),
+                        *gan_args(data_path, cache_dir, tmp_path / "ddp", "parallel=true")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    # one run folder, written by rank 0 only
+    runs = list((tmp_path / "ddp" / "gpt2cgan").glob("2*"))
+    assert len(runs) == 1 and (runs[0] / "generator.safetensors").is_file()
+
+    # parameters identical across ranks (generator = model 0, critic = model 1)
+    for i in (0, 1):
+        a, b = load_file(str(dump / f"rank0-{i}.safetensors")), load_file(str(dump / f"rank1-{i}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+    # and equal, up to float reduction order, to one process with the same global batch
+    assert cli.main(gan_args(data_path, cache_dir, tmp_path / "single")) == 0
+    single = next((tmp_path / "single" / "gpt2cgan").glob("2*"))
+    for name, i in (("generator", 0), ("critic", 1)):
+        one = load_file(str(single / f"{name}.safetensors"))
+        two = load_file(str(dump / f"rank0-{i}.safetensors"))
+        worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+        moved = max(float((one[k] - load_file(str(runs[0] / f"{name}.safetensors"))[k]).abs().max()) for k in one)
+        assert worst < 1e-4, (name, worst)
+        assert moved == worst  # rank 0's dump is what the run folder holds
