@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from config.schema import load_config  # noqa: E402
+from config.schema import apply_overrides, read_json, validate  # noqa: E402
 from data.dataset import load_recordings  # noqa: E402
 
 
@@ -86,7 +86,13 @@ def main() -> None:
 
     threadpool_limits(1)
     print(f"threads: torch {args.threads}, BLAS 1 (threadpoolctl); {platform.processor() or platform.machine()}")
-    cfg = load_config(ROOT / "config" / "config.json", ["data.download=false"] + args.overrides)
+    # config.json is read once: the run is unaffected by edits made while it trains.
+    user = read_json(ROOT / "config" / "config.json")
+
+    def load_config(_path, overrides):
+        return validate(apply_overrides(user, overrides))
+
+    cfg = load_config(None, ["data.download=false"] + args.overrides)
     subjects = list(range(1, 11))
     base = ["data.split=\"run\"", f"data.subjects={json.dumps(subjects)}", "data.task=\"imagery\"",
             "data.train_runs=[4,8]", "data.test_runs=[12]"]

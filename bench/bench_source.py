@@ -38,12 +38,49 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(out)
 
 
+def gan_diagnostics(run_dir: str) -> dict:
+    """Why a source GAN's scalp trials are small: per-source amplitude vs cross-source correlation."""
+    from config.schema import validate
+    from data.dataset import load_splits
+    from trainers.generate import load_generator
+
+    bundle = load_generator(run_dir)
+    if bundle.projection is None:
+        raise SystemExit(f"--gan-run {run_dir}: not a representation=source run")
+    splits = load_splits(validate(bundle.cfg), progress=False)
+    S, _ = bundle.sample_native(60, 0)
+    X = bundle.projection.to_sensors(S)
+    real_S, real_X = splits.train.X, splits.sensor.train.X
+
+    def ratio(a, b):
+        return float(np.median(a.std(axis=(0, 2)) / b.std(axis=(0, 2))))
+
+    def corr(A):
+        return np.corrcoef(A.transpose(1, 0, 2).reshape(A.shape[1], -1))
+
+    cg, cr = corr(S), corr(real_S)
+    iu = np.triu_indices_from(cg, 1)
+    out = {"run": str(run_dir), "source_std_ratio": ratio(S, real_S), "scalp_std_ratio": ratio(X, real_X),
+           "scalp_std_ratio_projected_real": ratio(splits.source.to_sensors(real_S), real_X),
+           "source_corr_match": float(np.corrcoef(cg[iu], cr[iu])[0, 1]),
+           "mean_abs_source_corr_generated": float(np.abs(cg[iu]).mean()),
+           "mean_abs_source_corr_real": float(np.abs(cr[iu]).mean())}
+    print("\nsource GAN diagnostics (channel medians; 120 generated vs the real training trials):")
+    for k, v in out.items():
+        print(f"  {k}: {v if isinstance(v, str) else round(v, 3)}")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--config", default=str(ROOT / "config/config.json"))
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--epochs", type=int, default=30, help="classifier epochs per representation")
     p.add_argument("--skip-classifier", action="store_true")
+    p.add_argument("--architecture", default="shallow", choices=("eegnet", "shallow"),
+                   help="classifier for both inputs (stft needs C3/Cz/C4, absent from source input)")
+    p.add_argument("--gan-run", default=None, metavar="RUN_DIR",
+                   help="also diagnose a representation=source GAN run: amplitudes and source correlations")
     p.add_argument("--out", default=str(ROOT / "bench/results/source.json"))
     args = p.parse_args(argv)
 
@@ -58,9 +95,10 @@ def main(argv=None) -> int:
     from data.sources import SourceModel, SourceParams, build_forward, build_inverse, roi_mask
 
     cfg = load_config(args.config, ["representation=source"] + args.overrides)
-    results: dict = {"command": "python bench/bench_source.py " + " ".join(
-        f"--set {o}" for o in args.overrides) + f" --epochs {args.epochs}", "threads": {"torch": 1, "blas": 1},
-        "source": cfg["source"], "data": cfg["data"]}
+    command = " ".join(["python bench/bench_source.py"] + [f"--set {o}" for o in args.overrides]
+                       + [f"--epochs {args.epochs} --architecture {args.architecture}"])
+    results: dict = {"command": command, "threads": {"torch": 1, "blas": 1}, "source": cfg["source"],
+                     "data": cfg["data"]}
 
     # --- operators: cold build and cache hit --------------------------------------------------
     t0 = time.perf_counter()
@@ -137,6 +175,32 @@ def main(argv=None) -> int:
     print("\nROI size and SNR vs round trip (test run, pooled):")
     print(table(trade, ["roi_radius_mm", "snr", "n_roi", "explained"]))
 
+    # --- CSP+LDA per subject: sensor vs source input (a linear decoder, no training budget) ---------
+    from mne.decoding import CSP
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.pipeline import make_pipeline
+
+    def csp_acc(train_X, train_y, test_X, test_y) -> float:
+        clf = make_pipeline(CSP(n_components=6, reg="ledoit_wolf", log=True), LinearDiscriminantAnalysis())
+        clf.fit(train_X.astype(np.float64), train_y)
+        return float((clf.predict(test_X.astype(np.float64)) == test_y).mean())
+
+    trX_src, teX_src = model.to_sources(full.train.X), model.to_sources(full.test.X)
+    motor = [tr.ch_names.index(c) for c in MOTOR_CHANNELS]
+    csp_rows = []
+    for s in np.unique(full.test.subject):
+        a, b = full.train.subject == s, full.test.subject == s
+        ya, yb = full.train.y[a], full.test.y[b]
+        csp_rows.append({"subject": int(s),
+                         "sensor_21": csp_acc(full.train.X[a][:, motor], ya, full.test.X[b][:, motor], yb),
+                         "sensor_64": csp_acc(full.train.X[a], ya, full.test.X[b], yb),
+                         "source_roi": csp_acc(trX_src[a], ya, teX_src[b], yb)})
+    mean = {k: float(np.mean([r[k] for r in csp_rows])) for k in ("sensor_21", "sensor_64", "source_roi")}
+    csp_rows.append({"subject": "mean", **mean})
+    results["csp_lda"] = csp_rows
+    print("\nCSP(6, Ledoit-Wolf)+LDA within subject, train runs -> test run 12 (chance 0.5):")
+    print(table(csp_rows, ["subject", "sensor_21", "sensor_64", "source_roi"]))
+
     # --- classifier: sensor vs source input on the same split ------------------------------------
     if not args.skip_classifier:
         import trainers.classifier as clf
@@ -147,7 +211,7 @@ def main(argv=None) -> int:
         try:
             for rep in ("sensor", "source"):
                 c = {**cfg, "representation": rep, "epochs": args.epochs, "model_name": "classifier",
-                     "output_dir": str(out_dir)}
+                     "output_dir": str(out_dir), "classifier": {**cfg["classifier"], "architecture": args.architecture}}
                 t0 = time.perf_counter()
                 _, summary = run_training(c, clf, torch.device("cpu"))
                 acc.append({"representation": rep, "architecture": summary["architecture"],
@@ -159,9 +223,12 @@ def main(argv=None) -> int:
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
         results["classifier"] = acc
-        print(f"\nclassifier ({cfg['classifier']['architecture']}, {args.epochs} epochs, same split, seed "
+        print(f"\nclassifier ({args.architecture}, {args.epochs} epochs, same split, seed "
               f"{cfg['seed']}):")
         print(table(acc, ["representation", "n_chans", "test_accuracy", "best_val_accuracy", "epochs", "wall_s"]))
+
+    if args.gan_run:
+        results["gan_diagnostics"] = gan_diagnostics(args.gan_run)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

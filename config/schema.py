@@ -182,6 +182,8 @@ SCHEMA: dict[str, Any] = {
                              lo=0),
         "contrast_weight": _float(1.0, "matching of the right-minus-left difference of log band power and band "
                                   "covariance (self-normalised: 1 = no class difference)", lo=0),
+        "band_cls_weight": _float(0.0, "cross-entropy of generated trials under a logistic regression fitted on "
+                                  "real training trials' log band power (per-trial class signal)", lo=0),
     },
     "finetune": {
         "adv_weight": _float(1.0, "weight of the adversarial loss while fine-tuning", lo=0),

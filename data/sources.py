@@ -214,12 +214,14 @@ def build_forward(ch_names: list[str], ch_pos: np.ndarray, sfreq: float, params:
         fwd = mne.convert_forward_solution(fwd, surf_ori=True, use_cps=True, verbose="error")
         fixed = mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True, use_cps=True, copy=True,
                                              verbose="error")
-    # Positions in head coordinates, like the electrodes, so the ROI rule compares like with like.
-    head_mri = fwd["mri_head_t"]["trans"]
+    # Positions in head coordinates, like the electrodes, so the ROI rule compares like with like
+    # (make_forward_solution already moves its source space to head coordinates; check, not assume).
     rr = np.concatenate([s["rr"][s["vertno"]] for s in fwd["src"]])
     nn = fixed["source_nn"]
-    src_pos = rr @ head_mri[:3, :3].T + head_mri[:3, 3]
-    src_nn = nn @ head_mri[:3, :3].T
+    if fwd["src"][0]["coord_frame"] == mne.io.constants.FIFF.FIFFV_COORD_MRI:
+        mri_head = fwd["mri_head_t"]["trans"]
+        rr, nn = rr @ mri_head[:3, :3].T + mri_head[:3, 3], nn @ mri_head[:3, :3].T
+    src_pos, src_nn = rr, nn
     out = {"key": key, "kind": kind, "gain": fixed["sol"]["data"].astype(np.float64), "src_pos": src_pos,
            "src_nn": src_nn, "geometry": geometry, "cached": False, "fwd": fwd}
     if folder is not None:
@@ -493,7 +495,8 @@ def plot_roi(model, path: str | Path, title: str | None = None) -> Path:
     for (x, y), n in zip(xy, ch_names):
         ax.annotate(n, (x, y), fontsize=5, ha="center", va="bottom", color="tab:blue")
     circle = np.linspace(0, 2 * np.pi, 200)
-    ax.plot(np.pi / 2 * np.cos(circle), np.pi / 2 * np.sin(circle), c="0.5", lw=0.8)
+    ax.plot(np.pi / 2 * np.cos(circle), np.pi / 2 * np.sin(circle), c="0.5", lw=0.8)  # the horizon through r0
+    ax.plot([-0.12, 0, 0.12], [np.pi / 2 - 0.01, np.pi / 2 + 0.12, np.pi / 2 - 0.01], c="0.5", lw=0.8)  # nose
     ax.set_aspect("equal")
     ax.axis("off")
     p = model.params

@@ -82,7 +82,9 @@ class GPT2Generator(nn.Module):
         super().__init__()
         config.check()
         self.config = config
-        gcfg = GPT2Config(**{k: getattr(config, k) for k in GPT2_KEYS}, use_cache=False)
+        # Token ids are never used (inputs_embeds); 0 keeps them inside the 1-token vocabulary.
+        gcfg = GPT2Config(**{k: getattr(config, k) for k in GPT2_KEYS}, use_cache=False, bos_token_id=0,
+                          eos_token_id=0)
         gcfg._attn_implementation = "sdpa"
         self.transformer = GPT2Model(gcfg)  # random init; nothing is downloaded
         self.class_embedding = nn.Embedding(config.class_count, config.condition_size)

@@ -186,11 +186,11 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
                 yb = ytr[idx_t]
                 logits = net(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=c["label_smoothing"])
-                check_finite(float(loss), "classifier loss", epoch + 1, step)
+                check_finite(loss.item(), "classifier loss", epoch + 1, step)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                loss_sum += float(loss) * len(yb)
+                loss_sum += loss.item() * len(yb)
                 correct += float((logits.argmax(1) == yb).sum())
                 seen += len(yb)
             dt = time.time() - t0

@@ -18,6 +18,15 @@ from trainers.common import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are small: one thread is fastest and immune to oversubscribed CI cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 # Small and fast: the STFT CNN on four subjects with Euclidean alignment, pooled training on runs
 # 4+8, test on run 12 (60 trials). Seeds 0-5 gave 0.77-0.82 with true labels and 0.27-0.57 with
 # labels made independent of the truth.
@@ -141,3 +150,24 @@ def test_gpu_requested_without_cuda_warns_once_and_runs(data_path, cache_dir, tm
     assert out.count("CUDA is not available") in (1, 2)  # the warnings module line and the printed line
     assert proc.stdout.count("warning: gpu is true but CUDA is not available") == 1
     assert (tmp_path / "classifier" / "latest" / "classifier.safetensors").is_file()
+
+
+def test_euclidean_alignment_uses_training_trials_only():
+    from data.dataset import EpochSet
+
+    rng = np.random.default_rng(0)
+
+    def es(n, subject, scale):
+        X = (rng.normal(size=(n, 4, 200)) * scale[None, :, None]).astype(np.float32)
+        return EpochSet(X, rng.integers(0, 2, n), np.full(n, subject), np.full(n, 4), 160.0, ["a", "b", "c", "d"])
+
+    scale = np.array([1.0, 2.0, 3.0, 4.0])
+    sets = {"train": es(40, 1, scale), "val": es(10, 1, scale), "test": es(20, 1, scale * 10)}
+    out, W = clf.align(sets, "euclidean")
+    cov = np.einsum("nct,ndt->cd", out["train"].X.astype(np.float64), out["train"].X) / (40 * 200)
+    assert np.allclose(cov, np.eye(4), atol=1e-4)
+    # Test trials are whitened with the training reference, not their own statistics.
+    sets["test"].X *= 3
+    out2, W2 = clf.align(sets, "euclidean")
+    assert np.allclose(W["S001"], W2["S001"]) and np.allclose(out2["test"].X, 3 * out["test"].X, rtol=1e-4)
+    assert clf.align(sets, "none") == (sets, {})

@@ -75,9 +75,11 @@ def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere
     targets = gan.SpectralTargets(X, y, 160.0)
     same = targets.losses(X, y)
     # The batch's own statistics are the targets.
-    assert max(v.item() for v in same.values()) < 1e-6
+    assert max(same[k].item() for k in ("moment", "spectrum", "contrast")) < 1e-6
     swapped = targets.losses(X, 1 - y)
     assert swapped["moment"].item() > 0.1
+    # The band-power logistic regression separates these classes; swapped labels cost more.
+    assert same["band_cls"].item() < 0.5 < swapped["band_cls"].item()
     assert swapped["contrast"].item() == pytest.approx(4.0, rel=1e-3)  # difference reversed: (-d - d)^2 / d^2 = 4
     merged = targets.losses(X, torch.zeros_like(y))  # one class only: no contrast to judge
     assert merged["contrast"].item() == 0.0
