@@ -170,13 +170,20 @@ def main(argv=None) -> int:
         m, _ = roi_mask(fwd["src_pos"], tr.ch_names, tr.ch_pos, params.roi_channels, params.roi_radius_mm)
         M = gain[np.ix_(out_idx, np.flatnonzero(m))] @ cur2[m]
         trade.append({"roi_radius_mm": params.roi_radius_mm, "snr": snr, "n_roi": int(m.sum()),
-                      "explained": explained(ref, np.einsum("ck,nkt->nct", M, te.X, optimize=True))})
+                      "explained": explained(ref, np.einsum("ck,nkt->nct", M, te.X, optimize=True)),
+                      "all_sources": explained(ref, np.einsum("ck,nkt->nct", gain[out_idx] @ cur2, te.X,
+                                                              optimize=True))})
+    trade[[t["roi_radius_mm"] for t in trade].index(params.roi_radius_mm)]["all_sources"] = explained(
+        ref, np.einsum("ck,nkt->nct", full_map, te.X, optimize=True))
     results["trade_off"] = trade
     print("\nROI size and SNR vs round trip (test run, pooled):")
-    print(table(trade, ["roi_radius_mm", "snr", "n_roi", "explained"]))
+    print(table(trade, ["roi_radius_mm", "snr", "n_roi", "explained", "all_sources"]))
 
     # --- CSP+LDA per subject: sensor vs source input (a linear decoder, no training budget) ---------
+    import mne
     from mne.decoding import CSP
+
+    mne.set_log_level("ERROR")
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.pipeline import make_pipeline
 

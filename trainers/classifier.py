@@ -34,7 +34,7 @@ from utils.distributed import all_reduce_mean, is_main, local_slice, wrap_model
 from utils.checkpoint import write_json
 from utils.errors import UserError
 from utils.runs import resolve_run_dir
-from utils.runtime import seed_everything
+from utils.runtime import autocast, seed_everything
 
 WEIGHTS, META = "classifier.safetensors", "classifier.json"
 
@@ -184,8 +184,9 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
                 idx_t = torch.as_tensor(idx[sl], device=device)
                 xb = _augment(Xtr[idx_t], cfg, noise[sl].to(device), shift[sl])
                 yb = ytr[idx_t]
-                logits = net(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=c["label_smoothing"])
+                with autocast(cfg, device):  # training.bf16 on CUDA; nothing on CPU
+                    logits = net(xb)
+                    loss = F.cross_entropy(logits, yb, label_smoothing=c["label_smoothing"])
                 check_finite(loss.item(), "classifier loss", epoch + 1, step)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

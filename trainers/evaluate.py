@@ -228,7 +228,7 @@ def _cache_key(cfg: dict, s: dict) -> str:
     blob = {"v": CACHE_VERSION, "data": cfg["data"], "data_path": str(Path(cfg["data_path"]).resolve()),
             "subject_count": cfg["subject_count"], "representation": cfg["representation"],
             "source": cfg.get("source"), "seed": cfg["seed"], "dropout": cfg["classifier"]["dropout"],
-            "settings": s}
+            "settings": {k: v for k, v in s.items() if k != "figures"}}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -428,7 +428,7 @@ def render_figures(folder: Path, ev: Evaluator, X_gen, y_gen, round_dir: Path) -
     out = {"trials": F.plot_trials(r.X_test, r.y_test, Xg, yg, r.sfreq, r.ch_names, fig_dir / "trials.png"),
            "psd": F.plot_psd(r.X_test, r.y_test, Xg, yg, r.sfreq, r.ch_names, fig_dir / "psd.png"),
            "topomap": None, "tfr": None}
-    if ev.cfg["representation"] == "sensor":
+    if any(c in r.ch_names for c in ("C3", "C4")):  # scalp channels (a source run is judged on the scalp too)
         out["topomap"] = F.plot_mu_topomaps(r.X_test, r.y_test, Xg, yg, r.sfreq, r.ch_names, fig_dir / "topomap_mu.png")
     if any(c in r.ch_names for c in ("C3", "C4")):
         out["tfr"] = F.plot_tfr(r.X_test, r.y_test, Xg, yg, r.sfreq, r.ch_names, fig_dir / "tfr.png", rest=r.rest)

