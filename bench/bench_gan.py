@@ -3,6 +3,7 @@
     python bench/bench_gan.py speed    [--threads N] [--steps 10]
     python bench/bench_gan.py transfer [--threads N] [--pretrain-epochs 30] [--epochs 20] [--every 2]
                                        [--set KEY=VALUE ...]
+    python bench/bench_gan.py quality RUN_DIR
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
 plus the generator update every gan.critic_steps batches) on random trials of the default data
@@ -16,7 +17,12 @@ scratch, and records quality every --every epochs: CSP+LDA accuracy on real held
 a model trained on generated trials (TSTR), mean relative mu/beta power error at C3/Cz/C4, and
 the mu lateralisation at C3/C4. Writes both curves.
 
-Results: a table on stdout and JSON in bench/results/gan.json (speed) or gan_transfer.json.
+quality: TSTR (CSP+LDA trained on generated trials, tested on the real held-out run) next to the
+same classifier trained on real trials, mu/beta power errors at C3/Cz/C4, mu lateralisation and
+the nearest-neighbour distance ratio (utils/metrics.py) for one finished GAN run.
+
+Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json or
+gan_quality.json.
 """
 from __future__ import annotations
 
@@ -168,9 +174,36 @@ def transfer(args) -> dict:
             "pretrain_s": pretrain_s, "real_trained_csp": real_csp, "overrides": args.set, **results}
 
 
+def quality(args) -> dict:
+    """Quick quality of a finished GAN run against the real held-out trials of its config's data."""
+    import json as _json
+
+    from data.dataset import load_splits
+    from trainers.generate import gan_folder, load_generator
+    from utils import metrics as M
+
+    folder = gan_folder(args.run)
+    b = load_generator(folder)
+    cfg = b.cfg
+    sp = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=False)
+    Xg, yg = b.sample(int(np.bincount(sp.train.y).max()), seed=123)
+    real = M.csp_lda_accuracy(sp.train.X, sp.train.y, sp.test.X, sp.test.y)
+    tstr = M.csp_lda_accuracy(Xg, yg, sp.test.X, sp.test.y)
+    bp = M.band_power_errors(Xg, yg, sp.test.X, sp.test.y, b.sfreq, b.ch_names)
+    lat = M.lateralization_agreement(Xg, yg, sp.test.X, sp.test.y, b.sfreq, b.ch_names)
+    nn = M.nn_distance_ratio(Xg, sp.train.X, sp.test.X)
+    return {"run": str(folder), "csp_real_trained": real, "csp_tstr": tstr,
+            "tstr_fraction_of_real_above_chance": (tstr - 0.5) / max(real - 0.5, 1e-9),
+            "band_power_mean_abs_rel_err": bp["mean_abs"],
+            "band_power_max_abs_rel_err": max(abs(v) for k, v in bp.items() if k != "mean_abs"),
+            **{f"mu_lat_{k}": v for k, v in lat.items() if k.endswith("_db") and "abs" not in k},
+            "nn_ratio": nn["nn_ratio"], "model_name": _json.loads((folder / "gan.json").read_text())["model_name"]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("speed", "transfer"))
+    p.add_argument("what", choices=("speed", "transfer", "quality"))
+    p.add_argument("run", nargs="?", help="quality: GAN run folder")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--pretrain-epochs", type=int, default=30)
@@ -195,6 +228,14 @@ def main(argv=None) -> int:
         for k, v in res.items():
             print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")
         path = RESULTS / "gan.json"
+    elif args.what == "quality":
+        import mne
+
+        mne.set_log_level("ERROR")
+        res = quality(args)
+        for k, v in res.items():
+            print(f"{k:40s} {v:.4g}" if isinstance(v, float) else f"{k:40s} {v}")
+        path = RESULTS / "gan_quality.json"
     else:
         if not any(s.startswith("data_path=") for s in args.set):
             args.set.append(f"data_path={ROOT.parent / 'shared' / 'data' / 'eegmmidb'}")

@@ -180,7 +180,7 @@ SCHEMA: dict[str, Any] = {
                                 "band-passed spatial covariance, generated vs real", lo=0),
         "psd_weight": _float(1.0, "class-conditional matching of the log class-mean power spectrum per channel",
                              lo=0),
-        "contrast_weight": _float(1.0, "matching of the right-minus-left difference of log band power and band "
+        "contrast_weight": _float(0.0, "matching of the right-minus-left difference of log band power and band "
                                   "covariance (self-normalised: 1 = no class difference)", lo=0),
         "band_cls_weight": _float(0.0, "cross-entropy of generated trials under a logistic regression fitted on "
                                   "real training trials' log band power (per-trial class signal)", lo=0),

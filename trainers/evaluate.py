@@ -225,7 +225,8 @@ class Evaluator:
 # --- reference cache ------------------------------------------------------------------------------
 
 def _cache_key(cfg: dict, s: dict) -> str:
-    blob = {"v": CACHE_VERSION, "data": cfg["data"], "data_path": str(Path(cfg["data_path"]).resolve()),
+    data = {k: v for k, v in cfg["data"].items() if k != "download"}
+    blob = {"v": CACHE_VERSION, "data": data, "data_path": str(Path(cfg["data_path"]).resolve()),
             "subject_count": cfg["subject_count"], "representation": cfg["representation"],
             "source": cfg.get("source"), "seed": cfg["seed"], "dropout": cfg["classifier"]["dropout"],
             "settings": {k: v for k, v in s.items() if k != "figures"}}

@@ -17,7 +17,6 @@ checkpoint/ (resumable), round_summary.json.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -468,7 +467,3 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
     generator, critic = build_models(cfg, splits.train.n_chans, splits.train.n_times, splits.train.sfreq)
     return fit_gan(cfg, round_dir, device, seed, resume, splits, standardizer, generator, critic,
                    meta_extra={"data": {**splits.info, "source": pretrain_data_cfg(cfg)}})
-
-
-def read_meta(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "gan.json").read_text())

@@ -143,6 +143,21 @@ def test_operator_cache_invalidation(full, operators, tmp_path):
     assert not i1["cached"] and i_hit["cached"] and np.array_equal(i1["kernel"], i_hit["kernel"])
     for change in ({"method": "dSPM"}, {"snr": 1.0}, {"noise_cov": "empirical"}):
         assert not build_inverse(f_hit, *args, rest, dataclasses.replace(params, **change), tmp_path)["cached"], change
+    # dividing out the noise normalisation gives the same currents whatever the method
+    d = build_inverse(f_hit, *args, rest, dataclasses.replace(params, method="dSPM"), tmp_path)
+    assert d["cached"]
+    j_slor, j_dspm = i1["kernel"] / i1["noise_norm"][:, None], d["kernel"] / d["noise_norm"][:, None]
+    assert np.allclose(j_slor, j_dspm, rtol=1e-4, atol=1e-6 * np.abs(j_slor).max())
+    # the kernel applied as a matrix is what MNE's apply_inverse_epochs gives, from MNE's own -inv.fif
+    import mne
+
+    from data.sources import _eeg_info
+
+    inv = mne.minimum_norm.read_inverse_operator(tmp_path / "sources" / f"{i1['key']}-inv.fif", verbose="error")
+    ep = mne.EpochsArray(tr.X[:2].astype(np.float64), _eeg_info(*args), verbose="error")
+    stcs = mne.minimum_norm.apply_inverse_epochs(ep, inv, params.lambda2, params.method, verbose="error")
+    for stc, x in zip(stcs, tr.X[:2]):
+        assert np.allclose(stc.data, i1["kernel"] @ x, rtol=1e-5, atol=1e-6 * np.abs(stc.data).max())
     assert not build_inverse(f_hit, *args, tr.rest[:31], params, tmp_path)["cached"]  # other training data
     f2 = build_forward(*args, dataclasses.replace(params, spacing_mm=12.0), tmp_path)
     assert not f2["cached"] and len(f2["src_pos"]) < len(f1["src_pos"])
