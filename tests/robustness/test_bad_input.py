@@ -118,7 +118,7 @@ def test_full_disk_at_checkpoint_time_keeps_previous_checkpoint(tmp_path, cache_
 
     monkeypatch.setattr(ckpt, "save_file", save_file_until_disk_full)
     out = tmp_path / "out"
-    rc, err = run_cli(capsys, base_args(data_path, cache_dir, out, "data.subjects=[1]", "epochs=3",
+    rc, err = run_cli(capsys, base_args(data_path, cache_dir, out, "data.subjects=[1]", "epochs=2",
                                         "classifier.architecture=eegnet", "batch_size=16"))
     assert_one_line_error(rc, err, "No space left on device", "previous checkpoint is kept")
     run = next((out / "classifier").glob("2*"))
@@ -130,7 +130,7 @@ def test_full_disk_at_checkpoint_time_keeps_previous_checkpoint(tmp_path, cache_
     rc, err = run_cli(capsys, ["--mode", "training", "--resume", str(run)])
     assert rc == 0, err
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["epoch"] for r in rows] == [1, 2]
 
 
 def test_diverging_gan_names_epoch_and_step_and_keeps_checkpoint(tmp_path, cache_dir, data_path, capsys,

@@ -36,9 +36,9 @@ CHEAP_EVALUATION = [a for kv in ("evaluation.augment_trials=[5]", "evaluation.au
                                  "evaluation.fd_dims=2", "evaluation.csp_components=2") for a in ("--set", kv)]
 
 
-def tiny_classifier(data_path, cache_dir, out, epochs=8):
+def tiny_classifier(data_path, cache_dir, out, epochs=5):
     return ["--set", f"data_path={data_path}", "--set", f"cache_dir={cache_dir}", "--set", f"output_dir={out}",
-            "--set", "data.download=false", "--set", "model_name=classifier", "--set", "data.subjects=[1, 2]",
+            "--set", "data.download=false", "--set", "model_name=classifier", "--set", "data.subjects=[1]",
             "--set", f"epochs={epochs}", "--set", "batch_size=8", "--set", "classifier.architecture=eegnet",
             "--set", "training.num_threads=1"]
 
@@ -127,9 +127,9 @@ def test_gan_sigkill_five_times_resumes_bit_identical(data_path, cache_dir, tmp_
 def test_classifier_sigkill_resumes_bit_identical(data_path, cache_dir, tmp_path):
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     assert cli.main(["--mode", "training"] + tiny_classifier(data_path, cache_dir, ref_out)) == 0
-    landed, _ = _interrupt_and_resume(out, "classifier", tiny_classifier(data_path, cache_dir, out), kills=2,
+    landed, _ = _interrupt_and_resume(out, "classifier", tiny_classifier(data_path, cache_dir, out), kills=1,
                                       seed=99, sigint=False)
-    assert landed == 2
+    assert landed == 1
     ref, run = _run_dir(ref_out, "classifier"), _run_dir(out, "classifier")
     _assert_same_tensors(ref / "classifier.safetensors", run / "classifier.safetensors")
     assert _metric_rows(run) == _metric_rows(ref)
