@@ -148,7 +148,7 @@ SCHEMA: dict[str, Any] = {
         "tensorboard": _bool(False, "also log scalars and figures to TensorBoard (if installed)"),
     },
     "classifier": {
-        "architecture": _str("stft", "eegnet, shallow (ShallowConvNet) or stft (C3/Cz/C4 spectrogram CNN)",
+        "architecture": _str("shallow", "eegnet, shallow (ShallowConvNet) or stft (C3/Cz/C4 spectrogram CNN)",
                              choices=("eegnet", "shallow", "stft")),
         "dropout": _float(0.25, "dropout before the classification layer", lo=0, hi=1),
         "weight_decay": _float(0.0, "AdamW weight decay", lo=0),

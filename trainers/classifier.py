@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from data.dataset import Standardizer, batches, epoch_order, load_splits
 from models import build_classifier
-from trainers.common import (CKPT, GracefulInterrupt, MetricsLog, check_finite, load_training_state,
+from trainers.common import (GracefulInterrupt, MetricsLog, check_finite, load_training_state,
                              save_training_state)
 from utils.distributed import all_reduce_mean, is_main, local_slice, wrap_model
 from utils.checkpoint import write_json

@@ -51,7 +51,8 @@ class SpectralTargets(torch.nn.Module):
     Band-passing is an FFT mask, so everything is differentiable and costs one rfft per batch.
     """
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2):
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2,
+                 band_classifier: bool = True):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -78,7 +79,9 @@ class SpectralTargets(torch.nn.Module):
         # Per-trial class signal: a logistic regression on real trials' log band power. Batch
         # statistics of 16 trials per class are too noisy to carry a ~0.5 dB lateralisation; a
         # per-trial loss along the real discriminant direction is not.
-        self._fit_band_classifier(X, y)
+        self.band_classifier = band_classifier
+        if band_classifier:
+            self._fit_band_classifier(X, y)
 
     def _fit_band_classifier(self, X: torch.Tensor, y: torch.Tensor) -> None:
         from sklearn.linear_model import LogisticRegression
@@ -141,8 +144,10 @@ class SpectralTargets(torch.nn.Module):
             contrast = (means[1] - means[0] - self.d_logbp).pow(2).mean() / self.d_logbp_scale \
                 + ((covs[1] - covs[0] - self.d_cov).flatten(1).norm(dim=-1).pow(2) / self.d_cov_scale).mean()
             contrast = contrast / 2
-        logits = f["logbp"].flatten(1) @ self.cls_w + self.cls_b
-        band_cls = F.binary_cross_entropy_with_logits(logits, y.float())
+        band_cls = x.new_zeros(())
+        if self.band_classifier:
+            logits = f["logbp"].flatten(1) @ self.cls_w + self.cls_b
+            band_cls = F.binary_cross_entropy_with_logits(logits, y.float())
         return {"moment": moment / max(n, 1), "spectrum": spectrum / max(n, 1), "contrast": contrast,
                 "band_cls": band_cls}
 
@@ -188,7 +193,9 @@ def render_figures(fig_dir: Path, epoch: int, fake: np.ndarray, y_fake: np.ndarr
     chans = [c for c in MOTOR_TRIO if c in ch_names] or list(ch_names[:3])
     idx = [ch_names.index(c) for c in chans]
     t = np.arange(fake.shape[-1]) / sfreq
+    # Fixed margins instead of tight_layout: layout solving costs seconds per figure on a busy CPU.
     fig, axes = plt.subplots(len(chans), 2, figsize=(12, 2.2 * len(chans)), sharex=True, squeeze=False)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.93, bottom=0.1, hspace=0.45, wspace=0.15)
     for j, cname in enumerate(CLASS_NAMES):
         r, g = real[y_real == j][:n_examples], fake[y_fake == j][:n_examples]
         for i, ch in enumerate(idx):
@@ -202,11 +209,11 @@ def render_figures(fig_dir: Path, epoch: int, fake: np.ndarray, y_fake: np.ndarr
     axes[0, 0].legend(fontsize=8, loc="upper right")
     for ax in axes[-1]:
         ax.set_xlabel("time (s)")
-    fig.tight_layout()
     fig.savefig(fig_dir / f"epoch-{epoch:03d}-traces.png", dpi=80)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(chans), figsize=(4 * len(chans), 3), squeeze=False)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.16, wspace=0.25)
     nper = min(int(sfreq), real.shape[-1])
     for i, ch in enumerate(idx):
         ax = axes[0, i]
@@ -221,7 +228,6 @@ def render_figures(fig_dir: Path, epoch: int, fake: np.ndarray, y_fake: np.ndarr
         ax.set_xlabel("Hz")
     axes[0, 0].set_ylabel("V^2/Hz")
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(fig_dir / f"epoch-{epoch:03d}-psd.png", dpi=80)
     plt.close(fig)
 
@@ -291,7 +297,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     train = splits.train
     Xtr = torch.from_numpy(standardizer.transform(train.X))
     ytr = torch.from_numpy(train.y.astype(np.int64))
-    targets = SpectralTargets(Xtr, ytr, train.sfreq, cfg["class_count"]).to(device)
+    targets = SpectralTargets(Xtr, ytr, train.sfreq, cfg["class_count"],
+                              band_classifier=g_cfg["band_cls_weight"] > 0).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     lr_g = g_cfg["lr_generator"] if g_cfg["lr_generator"] is not None else cfg["learning_rate"]
     lr_c = g_cfg["lr_critic"] if g_cfg["lr_critic"] is not None else cfg["learning_rate"]

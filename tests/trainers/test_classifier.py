@@ -143,7 +143,8 @@ def test_gpu_requested_without_cuda_warns_once_and_runs(data_path, cache_dir, tm
     proc = subprocess.run(
         [sys.executable, "main.py", "--mode", "training", "--set", "gpu=true", "--set", f"data_path={data_path}",
          "--set", f"cache_dir={cache_dir}", "--set", f"output_dir={tmp_path}", "--set", "data.download=false",
-         "--set", "data.subjects=[1]", "--set", "epochs=1", "--set", "classifier.architecture=stft"],
+         "--set", "data.subjects=[1]", "--set", "epochs=1", "--set", "classifier.architecture=stft",
+         "--set", "training.num_threads=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-800:]
     out = proc.stdout + proc.stderr
