@@ -348,8 +348,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
             sums = dict(partial) if epoch == start_epoch else {}
             order = epoch_order(n, cfg["buffer_size"], seed, epoch)
             for b, idx in enumerate(batches(order, bs)):
-                if epoch == start_epoch and b < start_batch:
-                    continue
+                if (epoch == start_epoch and b < start_batch) or len(idx) < dist.world_size():
+                    continue  # already done before the resume / DDP: a last batch smaller than the world
                 step = epoch * n_batches + b  # global critic-step index: a pure function of (epoch, b)
                 with autocast(cfg, device):  # training.bf16 on CUDA; nothing on CPU
                     step_metrics = _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx,
