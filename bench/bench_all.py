@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -103,7 +101,7 @@ def run_workflow(overrides: list[str], mode: str) -> dict:
         ("gpt2xcnn", ["model_name=gpt2xcnn", f"pretrained_finetune_path={out}/gpt2cgan/latest",
                       f"pretrained_classifier_path={out}/classifier/latest"]),
     ]
-    rows, total = [], 0.0
+    rows = []
     for name, extra in steps:
         sets = base + extra + (QUICK[name] if mode in ("quick", "tiny") else [])
         argv = [sys.executable, "main.py", "--mode", "training"] + [a for s in sets for a in ("--set", s)]

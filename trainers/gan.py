@@ -372,6 +372,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                 if (epoch + 1) % cfg["training"]["checkpoint_every"] == 0 or epoch + 1 == cfg["epochs"]:
                     save_training_state(round_dir, models, optims, counters={"epoch": epoch + 1, "batch": 0},
                                         cfg=cfg)
+            epoch += 1  # this epoch is complete: a Ctrl-C during its tail saves "epoch + 1, batch 0"
+            stop.check()
         epoch = cfg["epochs"]
     except KeyboardInterrupt:
         if main:

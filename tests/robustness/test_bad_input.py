@@ -2,7 +2,6 @@
 checkpoint survives a full disk and a diverging run."""
 import errno
 import json
-import shutil
 from pathlib import Path
 
 import mne
