@@ -5,11 +5,8 @@ emitting `patch_size` samples of every channel. Each token's input is Gaussian n
 `noise_variance`) concatenated with a learned class embedding (`condition_size` dims), projected
 to `n_embd` and fed through `GPT2Model(inputs_embeds=...)`; GPT-2 adds its learned position
 embeddings, so `n_positions` bounds the number of patches. A linear head maps each hidden state
-to a (n_chans x 2*patch_size) frame; frames overlap by half and are joined by Hann-windowed,
-window-normalised overlap-add (as in an inverse STFT), then a short depthwise temporal
-convolution refines the result. Without the overlap, independent patches meet at hard seams every
-patch_size samples, which put spurious spectral lines at multiples of sfreq / patch_size
-(10, 20, 30 Hz at the defaults) into the generated spectra. Output is in the standardized units of the training data
+to a (n_chans x patch_size) block, and a short depthwise temporal convolution smooths the seams
+between neighbouring patches. Output is in the standardized units of the training data
 (data.dataset.Standardizer); the trainer maps it back to volts.
 
 Why time patches and not channels-as-tokens (the original): with 21 channels the sequence would
@@ -92,9 +89,7 @@ class GPT2Generator(nn.Module):
         self.transformer = GPT2Model(gcfg)  # random init; nothing is downloaded
         self.class_embedding = nn.Embedding(config.class_count, config.condition_size)
         self.input_proj = nn.Linear(config.n_embd + config.condition_size, config.n_embd)
-        self.head = nn.Linear(config.n_embd, config.n_chans * 2 * config.patch_size)
-        self.register_buffer("window", torch.hann_window(2 * config.patch_size, periodic=True) + 1e-3,
-                             persistent=False)
+        self.head = nn.Linear(config.n_embd, config.n_chans * config.patch_size)
         # Depthwise, so each channel keeps its own spectrum; initialised to identity.
         self.smooth = nn.Conv1d(config.n_chans, config.n_chans, 9, padding=4, groups=config.n_chans)
         with torch.no_grad():
@@ -117,18 +112,6 @@ class GPT2Generator(nn.Module):
         c = self.config
         cond = self.class_embedding(y)[:, None, :].expand(-1, z.shape[1], -1)
         h = self.transformer(inputs_embeds=self.input_proj(torch.cat([z, cond], dim=-1))).last_hidden_state
-        frames = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, 2 * c.patch_size)
-        return self.smooth(self._overlap_add(frames))
-
-    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, 2P) frames, frame t spanning samples [(t - 1/2) P, (t + 3/2) P) -> (B, C, T * P)."""
-        B, T, C, P2 = frames.shape
-        P = P2 // 2
-        w = self.window
-        first, second = frames[..., :P] * w[:P], frames[..., P:] * w[P:]
-        # Block j of the padded signal (j = 0..T) is the first half of frame j plus the second of j - 1.
-        zero = frames.new_zeros(B, 1, C, P)
-        blocks = torch.cat([first, zero], 1) + torch.cat([zero, second], 1)
-        norm = torch.cat([w[:P].expand(T, P), w.new_zeros(1, P)]) + torch.cat([w.new_zeros(1, P), w[P:].expand(T, P)])
-        x = (blocks / norm[None, :, None, :]).permute(0, 2, 1, 3).reshape(B, C, (T + 1) * P)
-        return x[..., P // 2: P // 2 + T * P]
+        x = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, c.patch_size)
+        x = x.permute(0, 2, 1, 3).reshape(z.shape[0], c.n_chans, c.n_times)
+        return self.smooth(x)

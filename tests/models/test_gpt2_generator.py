@@ -62,15 +62,3 @@ def test_seeded_construction_repeats_exactly():
     z = a.sample_noise(2, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1])
     assert torch.equal(a(z, y), b(z, y))
-
-
-def test_overlap_add_has_no_seams_between_patches():
-    """Frames that agree where they overlap join into exactly that signal: a constant stays
-    constant and a sine stays a sine, with no step every patch_size samples."""
-    g = GPT2Generator(tiny())
-    T, P = 8, 8
-    assert torch.allclose(g._overlap_add(torch.ones(2, T, 3, 2 * P)), torch.ones(2, 3, T * P), atol=1e-6)
-    t = torch.arange(-P // 2, T * P + P // 2 + P, dtype=torch.float32)
-    sine = torch.sin(2 * torch.pi * t / 13.0)
-    frames = torch.stack([sine[k * P: k * P + 2 * P] for k in range(T)])[None, :, None, :]
-    assert torch.allclose(g._overlap_add(frames)[0, 0], sine[P // 2: P // 2 + T * P], atol=1e-5)
