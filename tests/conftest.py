@@ -39,3 +39,14 @@ def make_cfg(data_path, cache_dir, tmp_path):
         return validate(apply_overrides(base, list(overrides)))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small CNN steps on a shared 2-core machine: a second thread mostly waits and slows them ~10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,14 +14,7 @@ TINY = ("subject_count=2", "model_name=gpt2cgan", "n_layer=1", "n_embd=16", "n_h
         "evaluation.augment_per_class=8", "evaluation.fd_dims=8")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_gan_run(cfg: dict, run_dir: Path) -> Path:

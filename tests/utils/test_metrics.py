@@ -30,15 +30,7 @@ def synthetic_mi(n_per_class: int, seed: int, n_times: int = 320) -> tuple[np.nd
     return (1e-5 * X).astype(np.float32), y.astype(np.int64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small CNN steps on a shared 2-core machine: a second thread mostly waits and slows them ~10x."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
