@@ -93,6 +93,8 @@ def _epochs(raw, events, label_of_code: dict, prep: Preprocessing, sfreq: float,
     ep = mne.Epochs(raw, events, event_id={str(c): c for c in label_of_code}, tmin=prep.tmin,
                     tmax=prep.tmin + (n_times - 1) / sfreq, baseline=None, preload=True,
                     reject_by_annotation=False, on_missing="ignore", verbose="error")
+    if len(ep) == 0:  # the window fits around no event; the caller says so
+        return np.zeros((0, len(raw.ch_names), n_times), np.float32), np.zeros(0, np.int64), np.zeros(0, int)
     X = ep.get_data(copy=False).astype(np.float32)
     y = np.array([label_of_code[c] for c in ep.events[:, 2]], dtype=np.int64)
     return X, y, ep.events[:, 0]
