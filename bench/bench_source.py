@@ -180,17 +180,7 @@ def main(argv=None) -> int:
     print(table(trade, ["roi_radius_mm", "snr", "n_roi", "explained", "all_sources"]))
 
     # --- CSP+LDA per subject: sensor vs source input (a linear decoder, no training budget) ---------
-    import mne
-    from mne.decoding import CSP
-
-    mne.set_log_level("ERROR")
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.pipeline import make_pipeline
-
-    def csp_acc(train_X, train_y, test_X, test_y) -> float:
-        clf = make_pipeline(CSP(n_components=6, reg="ledoit_wolf", log=True), LinearDiscriminantAnalysis())
-        clf.fit(train_X.astype(np.float64), train_y)
-        return float((clf.predict(test_X.astype(np.float64)) == test_y).mean())
+    from utils.metrics import csp_lda_accuracy as csp_acc  # CSP(6, Ledoit-Wolf) + LDA, BLAS single-threaded
 
     trX_src, teX_src = model.to_sources(full.train.X), model.to_sources(full.test.X)
     motor = [tr.ch_names.index(c) for c in MOTOR_CHANNELS]
