@@ -124,7 +124,8 @@ def transfer(args) -> dict:
     seed_everything(seed)
     src = load_splits(cfg_src, pretrain_data_cfg(cfg_src), seed=seed, progress=False)
     std_src = Standardizer.fit(src.train.X, cfg_src["data"]["normalize"])
-    g, d = tg.build_models(cfg_src, src.train.n_chans, src.train.n_times, src.train.sfreq)
+    g, d = tg.build_models(cfg_src, src.train.n_chans, src.train.n_times, src.train.sfreq,
+                           X_init=std_src.transform(src.train.X))
     pre_dir = out / "pretrain"
     pre_dir.mkdir(parents=True, exist_ok=True)
     tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d, progress=not args.quiet)
@@ -163,7 +164,8 @@ def transfer(args) -> dict:
             d.train().requires_grad_(True)
         else:
             std = Standardizer.fit(tgt.train.X, cfg_tgt["data"]["normalize"])
-            g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq)
+            g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq,
+                                   X_init=std.transform(tgt.train.X))
         rows, cb = curve(name, std)
         rd = out / name
         rd.mkdir(parents=True, exist_ok=True)

@@ -166,7 +166,7 @@ SCHEMA: dict[str, Any] = {
     },
     "gan": {
         "patch_size": _int(16, "time samples per GPT-2 token (tokens = n_times / patch_size)", lo=1),
-        "critic_steps": _int(5, "critic updates per generator update", lo=1),
+        "critic_steps": _int(1, "critic updates per generator update", lo=1),
         "gp_weight": _float(10.0, "gradient-penalty weight", lo=0),
         "lr_generator": _float(None, "generator learning rate (null: learning_rate)", lo=0, nullable=True),
         "lr_critic": _float(None, "critic learning rate (null: learning_rate)", lo=0, nullable=True),
@@ -175,18 +175,20 @@ SCHEMA: dict[str, Any] = {
         "critic_width": _int(32, "channels of the critic's first conv layer", lo=1),
         "figure_every": _int(5, "render monitoring figures every N epochs", lo=1),
         "spectral_critic": _bool(True, "critic also sees learned-spatial-filter log band power (4-40 Hz, 2 Hz bins)"),
-        "adv_weight": _float(1.0, "weight of the WGAN adversarial term in the generator loss", lo=0),
+        "adv_weight": _float(0.02, "weight of the WGAN adversarial term in the generator loss", lo=0),
         "moment_weight": _float(1.0, "class-conditional matching of per-channel log band power (mean, std) and "
                                 "band-passed spatial covariance, generated vs real", lo=0),
         "psd_weight": _float(1.0, "class-conditional matching of the log class-mean power spectrum per channel",
                              lo=0),
-        "contrast_weight": _float(0.0, "matching of the right-minus-left difference of log band power and band "
-                                  "covariance (self-normalised: 1 = no class difference)", lo=0),
+        "contrast_weight": _float(1.0, "matching of the right-minus-left difference of log band power and whitened "
+                                  "band covariance (self-normalised: 1 = no class difference)", lo=0),
+        "contrast_ema": _float(0.9, "decay of the moving average of generated class statistics that the contrast "
+                               "term is evaluated at (0: batch statistics only)", lo=0, hi=0.999),
         "band_cls_weight": _float(0.0, "cross-entropy of generated trials under a logistic regression fitted on "
                                   "real training trials' log band power (per-trial class signal)", lo=0),
     },
     "finetune": {
-        "adv_weight": _float(1.0, "weight of the adversarial loss while fine-tuning", lo=0),
+        "adv_weight": _float(0.02, "weight of the adversarial loss while fine-tuning (replaces gan.adv_weight)", lo=0),
         "cls_weight": _float(1.0, "weight of the frozen-classifier loss on generated trials", lo=0),
     },
     "source": {

@@ -6,7 +6,9 @@ emitting `patch_size` samples of every channel. Each token's input is Gaussian n
 to `n_embd` and fed through `GPT2Model(inputs_embeds=...)`; GPT-2 adds its learned position
 embeddings, so `n_positions` bounds the number of patches. A linear head maps each hidden state
 to a (n_chans x patch_size) block, and a short depthwise temporal convolution smooths the seams
-between neighbouring patches. Output is in the standardized units of the training data
+between neighbouring patches, and the result is band-limited with the magnitude response of the
+FIR filter the real data went through (data.l_freq-data.h_freq), because power outside that band
+is invisible to a band-power objective yet dominates covariance-based decoders such as CSP. Output is in the standardized units of the training data
 (data.dataset.Standardizer); the trainer maps it back to volts.
 
 Why time patches and not channels-as-tokens (the original): with 21 channels the sequence would
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model
@@ -50,13 +53,19 @@ class GPT2GeneratorConfig:
     attn_pdrop: float = 0.0
     layer_norm_epsilon: float = 1e-5
     initializer_range: float = 0.02
+    # The pass band of the real data's preprocessing (data.l_freq / data.h_freq at sfreq): the output
+    # goes through the same FIR magnitude response, so it has no power where the real data has none.
+    sfreq: float | None = None
+    l_freq: float | None = None
+    h_freq: float | None = None
 
     @classmethod
-    def from_config(cls, cfg: dict, n_chans: int, n_times: int) -> "GPT2GeneratorConfig":
+    def from_config(cls, cfg: dict, n_chans: int, n_times: int, sfreq: float | None = None) -> "GPT2GeneratorConfig":
         kw = {k: cfg[k] for k in GPT2_KEYS}
         return cls(n_chans=n_chans, n_times=n_times, patch_size=cfg["gan"]["patch_size"],
                    condition_size=cfg["condition_size"], class_count=cfg["class_count"],
-                   noise_variance=cfg["noise_variance"], **kw)
+                   noise_variance=cfg["noise_variance"], sfreq=sfreq, l_freq=cfg["data"]["l_freq"],
+                   h_freq=cfg["data"]["h_freq"], **kw)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -96,6 +105,46 @@ class GPT2Generator(nn.Module):
             self.smooth.weight.zero_()
             self.smooth.weight[:, 0, 4] = 1.0
             self.smooth.bias.zero_()
+        self.register_buffer("band_response", self._band_response(config))
+        # Spatial mixing of the output channels (learned). `init_spatial` starts it at the square root
+        # of the real data's spatial covariance, so the network itself works in whitened coordinates:
+        # at initialisation every spatial direction already has the real data's share of variance.
+        self.spatial = nn.Parameter(torch.eye(config.n_chans))
+        # Per-trial, per-channel log gain from the first token's input. GPT-2's final LayerNorm
+        # normalises every hidden state, so without this path the output amplitude barely varies
+        # with the noise, while real trials' power varies several-fold (subjects, sessions).
+        # Zero-initialised: the gains start at 1 and are learned from the band-power spread.
+        self.gain = nn.Linear(config.n_embd + config.condition_size, config.n_chans)
+        with torch.no_grad():
+            self.gain.weight.zero_()
+            self.gain.bias.zero_()
+
+    @torch.no_grad()
+    def init_spatial(self, X: torch.Tensor) -> None:
+        """Data-dependent initialisation from training trials X (B, n_chans, n_times), output units."""
+        Xc = X - X.mean(-1, keepdim=True)
+        cov = torch.einsum("bct,bdt->cd", Xc.double(), Xc.double()) / (Xc.shape[0] * Xc.shape[-1])
+        cov = cov + 1e-3 * torch.diagonal(cov).mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
+        vals, vecs = torch.linalg.eigh(cov)
+        self.spatial.copy_((vecs * vals.clamp_min(0).sqrt()[None, :]) @ vecs.T)
+
+    @staticmethod
+    def _band_response(c: GPT2GeneratorConfig) -> torch.Tensor:
+        """|H(f)| at the rfft bins of one trial, for the FIR band-pass MNE applied to the real data
+        (mne.filter.create_filter with the loader's settings). All ones when there is no band."""
+        n_bins = c.n_times // 2 + 1
+        if c.sfreq is None or (c.l_freq is None and c.h_freq is None):
+            return torch.ones(n_bins)
+        import mne
+        from scipy.signal import freqz
+
+        nyq = c.sfreq / 2
+        h_freq = c.h_freq if c.h_freq is not None and c.h_freq < nyq else None
+        if c.l_freq is None and h_freq is None:
+            return torch.ones(n_bins)
+        h = mne.filter.create_filter(None, c.sfreq, c.l_freq, h_freq, fir_design="firwin", verbose="error")
+        _, resp = freqz(h, worN=np.fft.rfftfreq(c.n_times, 1 / c.sfreq), fs=c.sfreq)
+        return torch.from_numpy(np.abs(resp)).float()
 
     @property
     def noise_shape(self) -> tuple[int, int]:
@@ -111,7 +160,9 @@ class GPT2Generator(nn.Module):
         """z (B, n_tokens, n_embd) noise, y (B,) class -> (B, n_chans, n_times) standardized units."""
         c = self.config
         cond = self.class_embedding(y)[:, None, :].expand(-1, z.shape[1], -1)
-        h = self.transformer(inputs_embeds=self.input_proj(torch.cat([z, cond], dim=-1))).last_hidden_state
+        tokens = torch.cat([z, cond], dim=-1)
+        h = self.transformer(inputs_embeds=self.input_proj(tokens)).last_hidden_state
         x = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, c.patch_size)
         x = x.permute(0, 2, 1, 3).reshape(z.shape[0], c.n_chans, c.n_times)
-        return self.smooth(x)
+        x = torch.einsum("cd,bdt->bct", self.spatial, self.smooth(x)) * torch.exp(self.gain(tokens[:, 0]))[:, :, None]
+        return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * self.band_response, n=c.n_times, dim=-1)

@@ -95,7 +95,8 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
         critic.train().requires_grad_(True)
     else:
         standardizer = Standardizer.fit(train.X, cfg["data"]["normalize"])
-        generator, critic = build_models(cfg, train.n_chans, train.n_times, train.sfreq)
+        generator, critic = build_models(cfg, train.n_chans, train.n_times, train.sfreq,
+                                         X_init=standardizer.transform(train.X))
     extra = classifier_loss(classifier, standardizer, cmeta["standardizer"], cfg["finetune"]["cls_weight"], device)
     meta_extra = {"fine_tune": cfg["fine_tune"], "data": splits.info,
                   "pretrained_from": str(bundle.folder) if bundle is not None else None,

@@ -35,6 +35,9 @@ from utils.checkpoint import write_json
 from utils.runtime import autocast, seed_everything
 
 BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 40.0)}
+# Statistics also use the whole spectrum ("broad", filter skirts included): the broadband spatial
+# covariance is what CSP-type decoders see.
+STAT_BANDS = {**BANDS, "broad": (0.0, float("inf"))}
 CLASS_NAMES = ("left", "right")
 MOTOR_TRIO = ("C3", "Cz", "C4")
 
@@ -52,7 +55,7 @@ class SpectralTargets(torch.nn.Module):
     """
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2,
-                 band_classifier: bool = True):
+                 band_classifier: bool = True, ema_decay: float = 0.9):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -62,7 +65,7 @@ class SpectralTargets(torch.nn.Module):
         if n_times % 2 == 0:
             weight[-1] = 1.0
         self.register_buffer("weight", weight.sqrt() / n_times)
-        self.band_idx = [torch.nonzero((freqs >= lo) & (freqs < hi)).flatten() for lo, hi in BANDS.values()]
+        self.band_idx = [torch.nonzero((freqs >= lo) & (freqs < hi)).flatten() for lo, hi in STAT_BANDS.values()]
         self.register_buffer("psd_sel", ((freqs >= 4.0) & (freqs < 40.0)))
         # ~1 Hz bins: average neighbouring rfft bins so the target is not single-bin noise.
         self.per = max(1, int(round(1.0 / (freqs[1] - freqs[0]).item())))
@@ -72,16 +75,53 @@ class SpectralTargets(torch.nn.Module):
         self.register_buffer("cov_scale", self.cov.flatten(2).norm(dim=-1).clamp_min(1e-6))  # (C, n_bands)
         # Class contrast (right minus left): the part of the statistics that carries the label. It is
         # a few percent of the statistics themselves, so it gets its own, self-normalised term.
+        # It is compared in whitened coordinates: W = (pooled class-mean covariance)^-1/2 per band,
+        # where W C_c W^T is what CSP eigendecomposes, so matching it there is matching what a
+        # covariance decoder learns, whatever the channels' scales.
+        self.register_buffer("whiten", self._inv_sqrt(self.cov.mean(0)))       # (n_bands, C, C)
+        self.register_buffer("wcov", self._whitened(self.cov))                  # (classes, n_bands, C, C)
+        wcov = self.wcov
         self.register_buffer("d_logbp", self.logbp_mean[1] - self.logbp_mean[0])
-        self.register_buffer("d_cov", self.cov[1] - self.cov[0])
+        self.register_buffer("d_wcov", wcov[1] - wcov[0])
         self.register_buffer("d_logbp_scale", self.d_logbp.pow(2).mean().clamp_min(1e-8))
-        self.register_buffer("d_cov_scale", self.d_cov.flatten(1).norm(dim=-1).pow(2).clamp_min(1e-12))
+        self.register_buffer("d_wcov_scale", self.d_wcov.flatten(1).pow(2).sum(-1).clamp_min(1e-12))
+        # The generated side of the contrast is an exponential moving average over generator steps:
+        # a 16-trial batch estimates a ~0.5 dB class difference with more noise than signal, so the
+        # loss is evaluated at the EMA (low noise) while its gradient flows through the batch.
+        self.ema_decay = float(ema_decay)
+        self.register_buffer("ema_logbp", torch.zeros_like(self.logbp_mean))
+        self.register_buffer("ema_wcov", torch.zeros_like(wcov))
+        self.register_buffer("ema_count", torch.zeros(class_count))
         # Per-trial class signal: a logistic regression on real trials' log band power. Batch
         # statistics of 16 trials per class are too noisy to carry a ~0.5 dB lateralisation; a
         # per-trial loss along the real discriminant direction is not.
         self.band_classifier = band_classifier
         if band_classifier:
             self._fit_band_classifier(X, y)
+
+    @staticmethod
+    def _inv_sqrt(cov: torch.Tensor) -> torch.Tensor:
+        """Symmetric inverse square root per band, regularised like Ledoit-Wolf's shrinkage target."""
+        c = cov.double()
+        n = c.shape[-1]
+        tr = torch.diagonal(c, dim1=-2, dim2=-1).mean(-1)[..., None, None]
+        c = 0.99 * c + 0.01 * tr * torch.eye(n, dtype=c.dtype)
+        vals, vecs = torch.linalg.eigh(c)
+        return (vecs * vals.clamp_min(1e-12).rsqrt()[..., None, :] @ vecs.transpose(-1, -2)).float()
+
+    def _whitened(self, cov: torch.Tensor) -> torch.Tensor:
+        return self.whiten @ cov @ self.whiten
+
+    def _ema(self, name: str, c: int, value: torch.Tensor) -> torch.Tensor:
+        """Update the EMA of a generated statistic; returns a tensor equal to the updated EMA whose
+        gradient is the batch statistic's (a straight-through estimate with the EMA's low noise)."""
+        if not self.training:  # eval mode: plain batch statistics, nothing accumulated
+            return value
+        buf = getattr(self, name)
+        with torch.no_grad():
+            first = self.ema_count[c] == 0
+            buf[c] = value.detach() if first else self.ema_decay * buf[c] + (1 - self.ema_decay) * value.detach()
+        return buf[c].clone() + (value - value.detach())
 
     def _fit_band_classifier(self, X: torch.Tensor, y: torch.Tensor) -> None:
         from sklearn.linear_model import LogisticRegression
@@ -126,23 +166,29 @@ class SpectralTargets(torch.nn.Module):
         than 2 trials in the batch are skipped)."""
         f = self.features(x)
         moment, spectrum, n = x.new_zeros(()), x.new_zeros(()), 0
-        means, covs = {}, {}
+        means, wcovs = {}, {}
         for c in range(self.logbp_mean.shape[0]):
             sel = y == c
             if sel.sum() < 2:
                 continue
             lb = f["logbp"][sel]
-            means[c], covs[c] = lb.mean(0), f["cov"][sel].mean(0)
-            moment = moment + F.mse_loss(means[c], self.logbp_mean[c]) \
+            means[c] = self._ema("ema_logbp", c, lb.mean(0))
+            wcovs[c] = self._ema("ema_wcov", c, self._whitened(f["cov"][sel].mean(0)))
+            # Whitened covariance error: every spatial direction counts, including the low-variance
+            # ones that a plain Frobenius error ignores and that CSP-type decoders weigh most.
+            moment = moment + F.mse_loss(lb.mean(0), self.logbp_mean[c]) \
                 + F.mse_loss(lb.std(0), self.logbp_std[c]) \
-                + ((covs[c] - self.cov[c]).flatten(1).norm(dim=-1) / self.cov_scale[c]).pow(2).mean()
+                + (wcovs[c] - self.wcov[c]).pow(2).sum((-1, -2)).mean() / self.wcov.shape[-1]
             spectrum = spectrum + F.mse_loss(torch.log(f["psd"][sel].mean(0) + 1e-8), self.logpsd[c])
             n += 1
+        if self.training:
+            for c in means:
+                self.ema_count[c] += 1
         contrast = x.new_zeros(())
         if 0 in means and 1 in means:
             # 1.0 when the generated classes do not differ at all, 0 when they differ like real ones.
             contrast = (means[1] - means[0] - self.d_logbp).pow(2).mean() / self.d_logbp_scale \
-                + ((covs[1] - covs[0] - self.d_cov).flatten(1).norm(dim=-1).pow(2) / self.d_cov_scale).mean()
+                + ((wcovs[1] - wcovs[0] - self.d_wcov).flatten(1).pow(2).sum(-1) / self.d_wcov_scale).mean()
             contrast = contrast / 2
         band_cls = x.new_zeros(())
         if self.band_classifier:
@@ -298,14 +344,15 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     Xtr = torch.from_numpy(standardizer.transform(train.X))
     ytr = torch.from_numpy(train.y.astype(np.int64))
     targets = SpectralTargets(Xtr, ytr, train.sfreq, cfg["class_count"],
-                              band_classifier=g_cfg["band_cls_weight"] > 0).to(device)
+                              band_classifier=g_cfg["band_cls_weight"] > 0, ema_decay=g_cfg["contrast_ema"]).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     lr_g = g_cfg["lr_generator"] if g_cfg["lr_generator"] is not None else cfg["learning_rate"]
     lr_c = g_cfg["lr_critic"] if g_cfg["lr_critic"] is not None else cfg["learning_rate"]
     betas = (g_cfg["beta1"], g_cfg["beta2"])
     opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr_c, betas=betas)
-    models, optims = {"generator": G, "critic": D}, {"generator": opt_g, "critic": opt_d}
+    # targets hold the contrast EMA, so they are saved with the networks for an exact resume.
+    models, optims = {"generator": G, "critic": D, "targets": targets}, {"generator": opt_g, "critic": opt_d}
 
     start_epoch, start_batch, partial = 0, 0, {}
     if resume:
@@ -463,8 +510,13 @@ def _evaluate(round_dir: Path, cfg: dict, device) -> dict:
 
 # --- gpt2cgan entry point ------------------------------------------------------------------------
 
-def build_models(cfg: dict, n_chans: int, n_times: int, sfreq: float) -> tuple[GPT2Generator, Critic]:
-    gen = GPT2Generator(GPT2GeneratorConfig.from_config(cfg, n_chans, n_times))
+def build_models(cfg: dict, n_chans: int, n_times: int, sfreq: float,
+                 X_init: np.ndarray | None = None) -> tuple[GPT2Generator, Critic]:
+    """Fresh generator and critic. X_init: training trials in generator units (standardized) for the
+    generator's data-dependent spatial initialisation (`GPT2Generator.init_spatial`)."""
+    gen = GPT2Generator(GPT2GeneratorConfig.from_config(cfg, n_chans, n_times, sfreq))
+    if X_init is not None:
+        gen.init_spatial(torch.as_tensor(X_init))
     crit = Critic(CriticConfig.from_config(cfg, n_chans, n_times, sfreq))
     return gen, crit
 
@@ -473,6 +525,7 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
     seed_everything(seed)
     splits = load_splits(cfg, pretrain_data_cfg(cfg), seed=seed, progress=dist.is_main())
     standardizer = Standardizer.fit(splits.train.X, cfg["data"]["normalize"])
-    generator, critic = build_models(cfg, splits.train.n_chans, splits.train.n_times, splits.train.sfreq)
+    generator, critic = build_models(cfg, splits.train.n_chans, splits.train.n_times, splits.train.sfreq,
+                                     X_init=standardizer.transform(splits.train.X))
     return fit_gan(cfg, round_dir, device, seed, resume, splits, standardizer, generator, critic,
                    meta_extra={"data": {**splits.info, "source": pretrain_data_cfg(cfg)}})

@@ -62,3 +62,34 @@ def test_seeded_construction_repeats_exactly():
     z = a.sample_noise(2, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1])
     assert torch.equal(a(z, y), b(z, y))
+
+
+def test_output_has_no_power_outside_the_data_pass_band():
+    # The real data went through MNE's 4-40 Hz FIR filter; the generator applies the same response.
+    torch.manual_seed(0)
+    g = GPT2Generator(tiny(n_times=640, patch_size=16, n_positions=64, sfreq=160.0, l_freq=4.0, h_freq=40.0))
+    with torch.no_grad():
+        x = g(g.sample_noise(8), torch.tensor([0, 1] * 4))
+    power = torch.fft.rfft(x, dim=-1).abs().pow(2).mean((0, 1))
+    f = torch.fft.rfftfreq(640, 1 / 160.0)
+    inside = power[(f >= 5) & (f <= 38)].mean()
+    assert power[f < 2].max() < 1e-3 * inside
+    assert power[f > 55].max() < 1e-3 * inside
+    unfiltered = GPT2Generator(tiny(n_times=640, patch_size=16, n_positions=64))
+    assert torch.equal(unfiltered.band_response, torch.ones(321))
+
+
+def test_spatial_initialisation_gives_the_output_the_data_channel_correlation():
+    torch.manual_seed(0)
+    src = torch.randn(50, 1, 64)
+    X = torch.cat([src, src + 0.1 * torch.randn(50, 1, 64), torch.randn(50, 3, 64)], dim=1)  # ch 0 ~ ch 1
+    g = GPT2Generator(tiny())
+    with torch.no_grad():
+        before = g(g.sample_noise(64), torch.zeros(64, dtype=torch.long))
+        g.init_spatial(X)
+        after = g(g.sample_noise(64), torch.zeros(64, dtype=torch.long))
+
+    def corr01(x):
+        return torch.corrcoef(x.transpose(0, 1).reshape(5, -1))[0, 1].item()
+    assert abs(corr01(before)) < 0.5 < 0.9 < corr01(after)
+    assert "spatial" in dict(g.named_parameters())  # learned from there on

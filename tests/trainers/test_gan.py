@@ -73,7 +73,7 @@ def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere
     X[:20, 0] += torch.sin(2 * torch.pi * 10 * t)   # class 0: 10 Hz rhythm on channel 0
     X[20:, 1] += torch.sin(2 * torch.pi * 20 * t)   # class 1: 20 Hz on channel 1
     y = torch.tensor([0] * 20 + [1] * 20)
-    targets = gan.SpectralTargets(X, y, 160.0)
+    targets = gan.SpectralTargets(X, y, 160.0).eval()  # eval: batch statistics, no moving average
     same = targets.losses(X, y)
     # The batch's own statistics are the targets.
     assert max(same[k].item() for k in ("moment", "spectrum", "contrast")) < 1e-6
@@ -84,6 +84,16 @@ def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere
     assert swapped["contrast"].item() == pytest.approx(4.0, rel=1e-3)  # difference reversed: (-d - d)^2 / d^2 = 4
     merged = targets.losses(X, torch.zeros_like(y))  # one class only: no contrast to judge
     assert merged["contrast"].item() == 0.0
+    # Training mode: the contrast is judged at a moving average of the generated statistics
+    # (decay 0.9), so one batch with reversed classes after a matching one moves it only 10%:
+    # ((0.9 d - 0.1 d) - d)^2 / d^2 = 0.04 for both the band-power and the covariance part.
+    ema = gan.SpectralTargets(X, y, 160.0, ema_decay=0.9).train()
+    assert ema.losses(X, y)["contrast"].item() < 1e-6
+    Xg = X.clone().requires_grad_(True)
+    flipped = ema.losses(Xg, 1 - y)["contrast"]
+    assert flipped.item() == pytest.approx(0.04, rel=1e-3)
+    flipped.backward()
+    assert Xg.grad.abs().sum() > 0  # ...while the gradient still flows through the batch
     # Band covariance via Parseval equals band-passing then x x^T / n_times.
     f = targets.features(X[:2])
     freqs = torch.fft.rfftfreq(640, 1 / 160.0)
