@@ -172,6 +172,8 @@ SCHEMA: dict[str, Any] = {
         "lr_critic": _float(None, "critic learning rate (null: learning_rate)", lo=0, nullable=True),
         "beta1": _float(0.5, "Adam beta1 for both networks", lo=0, hi=1),
         "beta2": _float(0.9, "Adam beta2 for both networks", lo=0, hi=1),
+        "schedule": _str("linear", "learning-rate schedule of both networks: constant, or linear decay to 10% "
+                         "at the last epoch", choices=("constant", "linear")),
         "critic_width": _int(32, "channels of the critic's first conv layer", lo=1),
         "figure_every": _int(5, "render monitoring figures every N epochs", lo=1),
         "spectral_critic": _bool(True, "critic also sees learned-spatial-filter log band power (4-40 Hz, 2 Hz bins)"),

@@ -110,11 +110,13 @@ class GPT2Generator(nn.Module):
         # of the real data's spatial covariance, so the network itself works in whitened coordinates:
         # at initialisation every spatial direction already has the real data's share of variance.
         self.spatial = nn.Parameter(torch.eye(config.n_chans))
-        # Per-trial, per-channel log gain from the first token's input. GPT-2's final LayerNorm
+        # Per-trial, per-channel log gain from the first token's noise. GPT-2's final LayerNorm
         # normalises every hidden state, so without this path the output amplitude barely varies
         # with the noise, while real trials' power varies several-fold (subjects, sessions).
+        # Noise only, not the class: it models nuisance amplitude variation, and a class-dependent
+        # gain let the generator meet class targets with exaggerated lateralisation.
         # Zero-initialised: the gains start at 1 and are learned from the band-power spread.
-        self.gain = nn.Linear(config.n_embd + config.condition_size, config.n_chans)
+        self.gain = nn.Linear(config.n_embd, config.n_chans)
         with torch.no_grad():
             self.gain.weight.zero_()
             self.gain.bias.zero_()
@@ -160,9 +162,8 @@ class GPT2Generator(nn.Module):
         """z (B, n_tokens, n_embd) noise, y (B,) class -> (B, n_chans, n_times) standardized units."""
         c = self.config
         cond = self.class_embedding(y)[:, None, :].expand(-1, z.shape[1], -1)
-        tokens = torch.cat([z, cond], dim=-1)
-        h = self.transformer(inputs_embeds=self.input_proj(tokens)).last_hidden_state
+        h = self.transformer(inputs_embeds=self.input_proj(torch.cat([z, cond], dim=-1))).last_hidden_state
         x = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, c.patch_size)
         x = x.permute(0, 2, 1, 3).reshape(z.shape[0], c.n_chans, c.n_times)
-        x = torch.einsum("cd,bdt->bct", self.spatial, self.smooth(x)) * torch.exp(self.gain(tokens[:, 0]))[:, :, None]
+        x = torch.einsum("cd,bdt->bct", self.spatial, self.smooth(x)) * torch.exp(self.gain(z[:, 0]))[:, :, None]
         return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * self.band_response, n=c.n_times, dim=-1)

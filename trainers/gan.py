@@ -392,6 +392,10 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     stop = GracefulInterrupt().start()  # Ctrl-C is honoured at the next step boundary
     try:
         for epoch in bar:
+            # A pure function of the epoch, so a resumed run sets the same rates.
+            for opt, base in ((opt_g, lr_g), (opt_d, lr_c)):
+                for group in opt.param_groups:
+                    group["lr"] = base * lr_factor(g_cfg["schedule"], epoch, cfg["epochs"])
             sums = dict(partial) if epoch == start_epoch else {}
             order = epoch_order(n, cfg["buffer_size"], seed, epoch)
             for b, idx in enumerate(batches(order, bs)):
@@ -453,6 +457,14 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                                  train.sfreq, train.ch_names))
     summary.update(_evaluate(round_dir, cfg, device))
     return summary
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier for 0-based `epoch` of `epochs`: constant, or linear decay to 10% at
+    the last epoch (the class structure forms early and then drifts under a constant rate)."""
+    if schedule == "linear" and epochs > 1:
+        return 1.0 - 0.9 * epoch / (epochs - 1)
+    return 1.0
 
 
 def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx, local, device, extra_loss, epoch, b,

@@ -100,3 +100,9 @@ def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere
     mask = ((freqs >= 8) & (freqs < 13)).float()
     xb = torch.fft.irfft(torch.fft.rfft(X[:2]) * mask, n=640)
     assert torch.allclose(f["cov"][:, 1], xb @ xb.transpose(1, 2) / 640, atol=1e-5)
+
+
+def test_linear_schedule_decays_both_rates_to_a_tenth_and_constant_keeps_them():
+    assert [round(gan.lr_factor("linear", e, 5), 3) for e in range(5)] == [1.0, 0.775, 0.55, 0.325, 0.1]
+    assert {gan.lr_factor("constant", e, 5) for e in range(5)} == {1.0}
+    assert gan.lr_factor("linear", 0, 1) == 1.0  # a one-epoch run keeps its rate
