@@ -70,7 +70,7 @@ class SpectralTargets(torch.nn.Module):
         # ~1 Hz bins: average neighbouring rfft bins so the target is not single-bin noise.
         self.per = max(1, int(round(1.0 / (freqs[1] - freqs[0]).item())))
         stats = [self._stats(X[y == c]) for c in range(class_count)]
-        for name in ("logbp_mean", "logbp_std", "cov", "logpsd", "log_mean_bp"):
+        for name in ("logbp_mean", "logbp_std", "cov", "logpsd"):
             self.register_buffer(name, torch.stack([s[name] for s in stats]))
         self.register_buffer("cov_scale", self.cov.flatten(2).norm(dim=-1).clamp_min(1e-6))  # (C, n_bands)
         # Class contrast (right minus left): the part of the statistics that carries the label. It is
@@ -159,7 +159,6 @@ class SpectralTargets(torch.nn.Module):
     def _stats(self, x: torch.Tensor) -> dict:
         f = self.features(x)
         return {"logbp_mean": f["logbp"].mean(0), "logbp_std": f["logbp"].std(0), "cov": f["cov"].mean(0),
-                "log_mean_bp": torch.log(f["logbp"].exp().mean(0)),
                 "logpsd": torch.log(f["psd"].mean(0) + 1e-8)}
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -177,10 +176,7 @@ class SpectralTargets(torch.nn.Module):
             wcovs[c] = self._ema("ema_wcov", c, self._whitened(f["cov"][sel].mean(0)))
             # Whitened covariance error: every spatial direction counts, including the low-variance
             # ones that a plain Frobenius error ignores and that CSP-type decoders weigh most.
-            # Log of the class-mean band power (what band-power comparisons measure), not the mean
-            # of log power: with a narrower trial-to-trial spread than real, matching the mean of
-            # logs left the arithmetic mean power ~25-30% low in the mu band.
-            moment = moment + F.mse_loss(torch.log(lb.exp().mean(0)), self.log_mean_bp[c]) \
+            moment = moment + F.mse_loss(lb.mean(0), self.logbp_mean[c]) \
                 + F.mse_loss(lb.std(0), self.logbp_std[c]) \
                 + (wcovs[c] - self.wcov[c]).pow(2).sum((-1, -2)).mean() / self.wcov.shape[-1]
             spectrum = spectrum + F.mse_loss(torch.log(f["psd"][sel].mean(0) + 1e-8), self.logpsd[c])
