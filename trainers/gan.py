@@ -72,7 +72,6 @@ class SpectralTargets(torch.nn.Module):
         stats = [self._stats(X[y == c]) for c in range(class_count)]
         for name in ("logbp_mean", "logbp_std", "cov", "logpsd"):
             self.register_buffer(name, torch.stack([s[name] for s in stats]))
-        self.register_buffer("cov_scale", self.cov.flatten(2).norm(dim=-1).clamp_min(1e-6))  # (C, n_bands)
         # Class contrast (right minus left): the part of the statistics that carries the label. It is
         # a few percent of the statistics themselves, so it gets its own, self-normalised term.
         # It is compared in whitened coordinates: W = (pooled class-mean covariance)^-1/2 per band,
@@ -80,9 +79,8 @@ class SpectralTargets(torch.nn.Module):
         # covariance decoder learns, whatever the channels' scales.
         self.register_buffer("whiten", self._inv_sqrt(self.cov.mean(0)))       # (n_bands, C, C)
         self.register_buffer("wcov", self._whitened(self.cov))                  # (classes, n_bands, C, C)
-        wcov = self.wcov
         self.register_buffer("d_logbp", self.logbp_mean[1] - self.logbp_mean[0])
-        self.register_buffer("d_wcov", wcov[1] - wcov[0])
+        self.register_buffer("d_wcov", self.wcov[1] - self.wcov[0])
         self.register_buffer("d_logbp_scale", self.d_logbp.pow(2).mean().clamp_min(1e-8))
         self.register_buffer("d_wcov_scale", self.d_wcov.flatten(1).pow(2).sum(-1).clamp_min(1e-12))
         # The generated side of the contrast is an exponential moving average over generator steps:
@@ -90,7 +88,7 @@ class SpectralTargets(torch.nn.Module):
         # loss is evaluated at the EMA (low noise) while its gradient flows through the batch.
         self.ema_decay = float(ema_decay)
         self.register_buffer("ema_logbp", torch.zeros_like(self.logbp_mean))
-        self.register_buffer("ema_wcov", torch.zeros_like(wcov))
+        self.register_buffer("ema_wcov", torch.zeros_like(self.wcov))
         self.register_buffer("ema_count", torch.zeros(class_count))
         # Per-trial class signal: a logistic regression on real trials' log band power. Batch
         # statistics of 16 trials per class are too noisy to carry a ~0.5 dB lateralisation; a
@@ -393,9 +391,10 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     try:
         for epoch in bar:
             # A pure function of the epoch, so a resumed run sets the same rates.
+            factor = lr_factor(g_cfg["schedule"], epoch, cfg["epochs"])
             for opt, base in ((opt_g, lr_g), (opt_d, lr_c)):
                 for group in opt.param_groups:
-                    group["lr"] = base * lr_factor(g_cfg["schedule"], epoch, cfg["epochs"])
+                    group["lr"] = base * factor
             sums = dict(partial) if epoch == start_epoch else {}
             order = epoch_order(n, cfg["buffer_size"], seed, epoch)
             for b, idx in enumerate(batches(order, bs)):
