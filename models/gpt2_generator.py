@@ -8,8 +8,10 @@ embeddings, so `n_positions` bounds the number of patches. A linear head maps ea
 to a (n_chans x patch_size) block, and a short depthwise temporal convolution smooths the seams
 between neighbouring patches, and the result is band-limited with the magnitude response of the
 FIR filter the real data went through (data.l_freq-data.h_freq), because power outside that band
-is invisible to a band-power objective yet dominates covariance-based decoders such as CSP. Output is in the standardized units of the training data
-(data.dataset.Standardizer); the trainer maps it back to volts.
+is invisible to a band-power objective yet dominates covariance-based decoders such as CSP. A
+last per-class, per-channel magnitude response (`calibration`, fitted after training) corrects
+the remaining bias of the class-mean spectra. Output is in the standardized units of the training
+data (data.dataset.Standardizer); the trainer maps it back to volts.
 
 Why time patches and not channels-as-tokens (the original): with 21 channels the sequence would
 be 21 tokens carrying 640-sample embeddings, so n_embd would be fixed by the data (not a free
@@ -106,6 +108,11 @@ class GPT2Generator(nn.Module):
             self.smooth.weight[:, 0, 4] = 1.0
             self.smooth.bias.zero_()
         self.register_buffer("band_response", self._band_response(config))
+        # Per-class, per-channel magnitude response applied with the band response: ones until the
+        # trainer's spectral calibration (trainers.gan.calibrate_spectrum) fits it after training, so
+        # the class-mean power spectrum at every channel equals the real training data's. A positive
+        # per-channel filter: it rescales power and leaves the coherence between channels unchanged.
+        self.register_buffer("calibration", torch.ones(config.class_count, config.n_chans, config.n_times // 2 + 1))
         # Spatial mixing of the output channels (learned). `init_spatial` starts it at the square root
         # of the real data's spatial covariance, so the network itself works in whitened coordinates:
         # at initialisation every spatial direction already has the real data's share of variance.
@@ -166,4 +173,5 @@ class GPT2Generator(nn.Module):
         x = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, c.patch_size)
         x = x.permute(0, 2, 1, 3).reshape(z.shape[0], c.n_chans, c.n_times)
         x = torch.einsum("cd,bdt->bct", self.spatial, self.smooth(x)) * torch.exp(self.gain(z[:, 0]))[:, :, None]
-        return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * self.band_response, n=c.n_times, dim=-1)
+        return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * (self.band_response * self.calibration[y]), n=c.n_times,
+                               dim=-1)

@@ -438,6 +438,10 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     summary = {"epochs_completed": cfg["epochs"]}
     if not main:
         return summary
+    # After the last training state is saved, so a resumed run repeats the same calibration.
+    summary.update(calibrate_spectrum(G, Xtr, ytr, train.sfreq, g_cfg["calibrate"], seed + 2, device))
+    if g_cfg["calibrate"] != "none":
+        monitor(cfg["epochs"])  # the final figures show the generator as saved
     gen_cfg, crit_cfg = generator.config, critic.config
     save_weights(G, round_dir / "generator.safetensors")
     save_weights(D, round_dir / "critic.safetensors")
@@ -456,6 +460,46 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                                  train.sfreq, train.ch_names))
     summary.update(_evaluate(round_dir, cfg, device))
     return summary
+
+
+@torch.no_grad()
+def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float, mode: str, seed: int, device,
+                       n_per_class: int = 512, smooth_hz: float = 2.0) -> dict:
+    """Fit the generator's output `calibration` so its class-mean power spectrum per channel equals
+    that of the real trials X (standardized units, labels y).
+
+    The output filter multiplies rfft bins, so a gain g scales the generated mean power at that bin
+    by exactly g^2: one pass of g = sqrt(P_real / P_generated) removes the bias, up to the sampling
+    noise of both means, which `smooth_hz`-wide frequency averaging keeps small. mode "class" fits
+    one response per class (the class-mean spectra, lateralisation included, become the real ones);
+    "pooled" fits one for both classes (the generated class difference is kept as trained); "none"
+    leaves the generator as trained. Only bins inside the pass band are changed; gains are clipped
+    to [0.5, 2] (a 4x power correction at most). Returns summary numbers of the applied gains.
+    """
+    if mode == "none":
+        return {}
+    gen = generator.module if hasattr(generator, "module") else generator
+    classes = gen.calibration.shape[0]
+    df = sfreq / X.shape[-1]
+    k = max(1, int(round(smooth_hz / df))) | 1  # odd, centred window
+
+    def class_psd(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([torch.fft.rfft(x[labels == c].double(), dim=-1).abs().pow(2).mean(0)
+                         for c in range(classes)])                       # (classes, C, F)
+        if mode == "pooled":
+            p = p.mean(0, keepdim=True).expand_as(p)
+        return F.avg_pool1d(p.reshape(-1, 1, p.shape[-1]), k, stride=1, padding=k // 2,
+                            count_include_pad=False).reshape(p.shape)
+
+    fake, y_fake = generate(gen, n_per_class, seed, device)
+    ratio = class_psd(X, y) / class_psd(fake, y_fake).clamp_min(1e-30)
+    gain = ratio.sqrt().clamp(0.5, 2.0)
+    passband = gen.band_response.double().pow(2) > 0.01
+    gain = torch.where(passband, gain, torch.ones_like(gain)).float()
+    gen.calibration.mul_(gain.to(gen.calibration.device))
+    gain_db = 20 * torch.log10(gain[..., passband])
+    return {"calibration_gain_db_mean_abs": float(gain_db.abs().mean()),
+            "calibration_gain_db_max_abs": float(gain_db.abs().max())}
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int) -> float:

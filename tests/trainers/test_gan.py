@@ -46,6 +46,7 @@ def test_pretrain_on_executed_runs_writes_a_complete_run_folder(make_cfg, tmp_pa
     assert figs == ["epoch-001-psd.png", "epoch-001-traces.png", "epoch-002-psd.png", "epoch-002-traces.png"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs_completed"] == 2 and "bandpower_mean_rel_err" in summary
+    assert summary["calibration_gain_db_mean_abs"] > 0  # gan.calibrate "class" ran after training
 
 
 def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path):
@@ -106,3 +107,51 @@ def test_linear_schedule_decays_both_rates_to_a_tenth_and_constant_keeps_them():
     assert [round(gan.lr_factor("linear", e, 5), 3) for e in range(5)] == [1.0, 0.775, 0.55, 0.325, 0.1]
     assert {gan.lr_factor("constant", e, 5) for e in range(5)} == {1.0}
     assert gan.lr_factor("linear", 0, 1) == 1.0  # a one-epoch run keeps its rate
+
+
+def _tiny_generator(n_chans=3):
+    from models.gpt2_generator import GPT2Generator, GPT2GeneratorConfig
+
+    torch.manual_seed(0)
+    return GPT2Generator(GPT2GeneratorConfig(n_chans=n_chans, n_times=640, patch_size=32, n_embd=16, n_layer=1,
+                                             n_head=2, sfreq=160.0, l_freq=4.0, h_freq=40.0))
+
+
+def test_spectral_calibration_recovers_a_known_per_class_channel_response():
+    gen = _tiny_generator()
+    # "Real" trials: the generator's own output with a known class- and channel-specific filter,
+    # amplitude x1.5 at 8-13 Hz on channel 0 of class 0 and x0.7 at 18-25 Hz on channel 1 of class 1.
+    X, y = gan.generate(gen, 400, seed=1, device="cpu")
+    freqs = torch.fft.rfftfreq(640, 1 / 160.0)
+    mu, beta = (freqs >= 8) & (freqs < 13), (freqs >= 18) & (freqs < 25)
+    response = torch.ones(2, 3, len(freqs))
+    response[0, 0, mu], response[1, 1, beta] = 1.5, 0.7
+    X = torch.fft.irfft(torch.fft.rfft(X) * response[y], n=640)
+    info = gan.calibrate_spectrum(gen, X, y, 160.0, "class", seed=2, device="cpu")
+    assert info["calibration_gain_db_max_abs"] > 2.5  # 20 log10(1.5) = 3.5 dB, smoothed at the band edges
+    inner_mu, inner_beta = (freqs >= 9.5) & (freqs < 11.5), (freqs >= 19.5) & (freqs < 23.5)
+    cal = gen.calibration
+    assert cal[0, 0, inner_mu].mean().item() == pytest.approx(1.5, rel=0.1)
+    assert cal[1, 1, inner_beta].mean().item() == pytest.approx(0.7, rel=0.1)
+    # Elsewhere (in the pass band) the two sets already agree: the gains stay near 1.
+    elsewhere = (freqs >= 28) & (freqs < 36)
+    assert (cal[:, :, elsewhere] - 1).abs().mean().item() < 0.1
+    assert torch.equal(cal[:, :, freqs > 50], torch.ones_like(cal[:, :, freqs > 50]))  # stop band untouched
+    # The generated class-mean power now follows the real one, and the output carries it.
+    Xg, yg = gan.generate(gen, 400, seed=3, device="cpu")
+    p_real = torch.fft.rfft(X[y == 0, 0]).abs().pow(2)[:, inner_mu].mean()
+    p_gen = torch.fft.rfft(Xg[yg == 0, 0]).abs().pow(2)[:, inner_mu].mean()
+    assert p_gen.item() == pytest.approx(p_real.item(), rel=0.15)
+
+
+def test_pooled_calibration_shares_one_response_and_none_leaves_the_generator_alone():
+    gen = _tiny_generator()
+    X, y = gan.generate(gen, 200, seed=1, device="cpu")
+    X = X * 1.3  # every class and channel 30% larger in amplitude
+    assert gan.calibrate_spectrum(gen, X, y, 160.0, "none", seed=2, device="cpu") == {}
+    assert torch.equal(gen.calibration, torch.ones_like(gen.calibration))
+    gan.calibrate_spectrum(gen, X, y, 160.0, "pooled", seed=2, device="cpu")
+    assert torch.equal(gen.calibration[0], gen.calibration[1])
+    freqs = torch.fft.rfftfreq(640, 1 / 160.0)
+    band = (freqs >= 6) & (freqs < 36)
+    assert gen.calibration[:, :, band].mean().item() == pytest.approx(1.3, rel=0.05)
