@@ -188,6 +188,8 @@ SCHEMA: dict[str, Any] = {
                                "term is evaluated at (0: batch statistics only)", lo=0, hi=0.999),
         "band_cls_weight": _float(0.0, "cross-entropy of generated trials under a logistic regression fitted on "
                                   "real training trials' log band power (per-trial class signal)", lo=0),
+        "gain_spread": _float(0.5, "initial trial-to-trial spread of the generator's per-trial channel gains, as a "
+                              "fraction of the real training trials' log-power std (0: gains start at 1)", lo=0),
         "calibrate": _str("class", "after training, fit a per-channel output magnitude response so the generated "
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, or none", choices=("class", "pooled", "none")),

@@ -568,10 +568,10 @@ def _evaluate(round_dir: Path, cfg: dict, device) -> dict:
 def build_models(cfg: dict, n_chans: int, n_times: int, sfreq: float,
                  X_init: np.ndarray | None = None) -> tuple[GPT2Generator, Critic]:
     """Fresh generator and critic. X_init: training trials in generator units (standardized) for the
-    generator's data-dependent spatial initialisation (`GPT2Generator.init_spatial`)."""
+    generator's data-dependent initialisation (`GPT2Generator.init_from_data`)."""
     gen = GPT2Generator(GPT2GeneratorConfig.from_config(cfg, n_chans, n_times, sfreq))
     if X_init is not None:
-        gen.init_spatial(torch.as_tensor(X_init))
+        gen.init_from_data(torch.as_tensor(X_init), cfg["gan"]["gain_spread"])
     crit = Critic(CriticConfig.from_config(cfg, n_chans, n_times, sfreq))
     return gen, crit
 

@@ -86,10 +86,30 @@ def test_spatial_initialisation_gives_the_output_the_data_channel_correlation():
     g = GPT2Generator(tiny())
     with torch.no_grad():
         before = g(g.sample_noise(64), torch.zeros(64, dtype=torch.long))
-        g.init_spatial(X)
+        g.init_from_data(X)
         after = g(g.sample_noise(64), torch.zeros(64, dtype=torch.long))
 
     def corr01(x):
         return torch.corrcoef(x.transpose(0, 1).reshape(5, -1))[0, 1].item()
     assert abs(corr01(before)) < 0.5 < 0.9 < corr01(after)
     assert "spatial" in dict(g.named_parameters())  # learned from there on
+
+
+def test_data_initialisation_gives_the_output_the_data_trial_to_trial_power_spread():
+    torch.manual_seed(0)
+    # Real trials differ by a factor shared by all channels (log-amplitude std 0.5), as subjects do.
+    X = torch.randn(200, 5, 64) * torch.exp(0.5 * torch.randn(200, 1, 1))
+    g = GPT2Generator(tiny())
+    z, y = g.sample_noise(400), torch.zeros(400, dtype=torch.long)
+
+    def spread(x):
+        logp = torch.log(x.pow(2).mean(-1))
+        corr = torch.corrcoef(logp.T)
+        return logp.std(0).mean().item(), corr[~torch.eye(5, dtype=torch.bool)].mean().item()
+    with torch.no_grad():
+        before = spread(g(z, y))
+        g.init_from_data(X)
+        after = spread(g(z, y))
+    real = spread(X)  # log-power std 1.0, channels correlated ~0.8
+    assert before[0] < 0.5 * real[0] and before[1] < 0.5
+    assert after[0] == pytest.approx(real[0], rel=0.3) and after[1] > 0.6
