@@ -3,7 +3,7 @@
     python bench/bench_gan.py speed    [--threads N] [--steps 10]
     python bench/bench_gan.py transfer [--threads N] [--pretrain-epochs 30] [--epochs 20] [--every 2]
                                        [--set KEY=VALUE ...]
-    python bench/bench_gan.py quality RUN_DIR
+    python bench/bench_gan.py quality RUN_DIR [--repeats 4] [--per-class 150]
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
 plus the generator update every gan.critic_steps batches) on random trials of the default data
@@ -19,7 +19,11 @@ the mu lateralisation at C3/C4. Writes both curves.
 
 quality: TSTR (CSP+LDA trained on generated trials, tested on the real held-out run) next to the
 same classifier trained on real trials, mu/beta power errors at C3/Cz/C4, mu lateralisation and
-the nearest-neighbour distance ratio (utils/metrics.py) for one finished GAN run.
+the nearest-neighbour distance ratio (utils/metrics.py) for one finished GAN run; the band power
+also against the generator's own training trials, and the training trials against the held-out
+ones (the session drift no generator of the training data can remove). With --repeats
+N it also reports the evaluation module's CNN and CSP+LDA trained on N fresh generated sets (and
+the CNN trained on the real pool with the same seeds), mean and std.
 
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json or
 gan_quality.json.
@@ -194,12 +198,45 @@ def quality(args) -> dict:
     bp = M.band_power_errors(Xg, yg, sp.test.X, sp.test.y, b.sfreq, b.ch_names)
     lat = M.lateralization_agreement(Xg, yg, sp.test.X, sp.test.y, b.sfreq, b.ch_names)
     nn = M.nn_distance_ratio(Xg, sp.train.X, sp.test.X)
+    # The same against the generator's own training trials: separates how faithful the generator
+    # is from how far the held-out session has drifted from the training sessions.
+    bp_tr = M.band_power_errors(Xg, yg, sp.train.X, sp.train.y, b.sfreq, b.ch_names)
+    lat_tr = M.lateralization(sp.train.X, sp.train.y, b.sfreq, b.ch_names)
+    drift = M.band_power_errors(sp.train.X, sp.train.y, sp.test.X, sp.test.y, b.sfreq, b.ch_names)
     return {"run": str(folder), "csp_real_trained": real, "csp_tstr": tstr,
             "tstr_fraction_of_real_above_chance": (tstr - 0.5) / max(real - 0.5, 1e-9),
             "band_power_mean_abs_rel_err": bp["mean_abs"],
             "band_power_max_abs_rel_err": max(abs(v) for k, v in bp.items() if k != "mean_abs"),
             **{f"mu_lat_{k}": v for k, v in lat.items() if k.endswith("_db") and "abs" not in k},
-            "nn_ratio": nn["nn_ratio"], "model_name": _json.loads((folder / "gan.json").read_text())["model_name"]}
+            "band_power_vs_train_mean_abs_rel_err": bp_tr["mean_abs"],
+            "band_power_vs_train_max_abs_rel_err": max(abs(v) for k, v in bp_tr.items() if k != "mean_abs"),
+            "band_power_train_vs_test_max_abs_rel_err": max(abs(v) for k, v in drift.items() if k != "mean_abs"),
+            **{f"mu_lat_{k}_train_db": v for k, v in lat_tr.items()},
+            "nn_ratio": nn["nn_ratio"], "model_name": _json.loads((folder / "gan.json").read_text())["model_name"],
+            **(repeated_tstr(b, cfg, args.repeats, args.per_class) if args.repeats else {})}
+
+
+def repeated_tstr(bundle, cfg: dict, repeats: int, per_class: int) -> dict:
+    """Train-on-synthetic accuracy on the real held-out trials, averaged over `repeats` fresh
+    generated sets (per_class trials per class, seeds 1000 + i) and classifier seeds i: the
+    evaluation module's CNN and CSP+LDA (6 components). One generated set and one classifier seed
+    move these accuracies by several points on 150 test trials; the mean is the number to compare."""
+    from trainers.evaluate import Evaluator
+    from utils import metrics as M
+
+    ev = Evaluator(cfg, "cpu", progress=False)
+    r = ev.real
+    out = {"cnn": [], "csp": [], "cnn_real": []}
+    for i in range(repeats):
+        Xg, yg = bundle.sample(per_class, 1000 + i)
+        out["cnn"].append(ev.fit(Xg, yg, i).accuracy(r.X_test, r.y_test))
+        out["csp"].append(M.csp_lda_accuracy(Xg, yg, r.X_test, r.y_test, 6))
+        out["cnn_real"].append(ev.fit(r.X_pool, r.y_pool, i).accuracy(r.X_test, r.y_test))
+    res = {"repeats": repeats, "generated_per_class": per_class}
+    for k, v in out.items():
+        res[f"tstr_{k}_mean" if k != "cnn_real" else "cnn_real_trained_mean"] = float(np.mean(v))
+        res[f"tstr_{k}_std" if k != "cnn_real" else "cnn_real_trained_std"] = float(np.std(v))
+    return res
 
 
 def main(argv=None) -> int:
@@ -214,6 +251,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "checkpoints" / "bench_transfer"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--repeats", type=int, default=0,
+                   help="quality: also average CNN and CSP train-on-synthetic over N generated sets and seeds")
+    p.add_argument("--per-class", type=int, default=150, help="quality --repeats: generated trials per class")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
