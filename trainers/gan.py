@@ -436,10 +436,11 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
         bar.close()
 
     summary = {"epochs_completed": cfg["epochs"]}
+    # After the last training state is saved, so a resumed run repeats the same calibration. Every
+    # rank runs it (same weights, data and seed), so DDP replicas stay identical.
+    summary.update(calibrate_spectrum(G, Xtr, ytr, train.sfreq, g_cfg["calibrate"], seed + 2, device))
     if not main:
         return summary
-    # After the last training state is saved, so a resumed run repeats the same calibration.
-    summary.update(calibrate_spectrum(G, Xtr, ytr, train.sfreq, g_cfg["calibrate"], seed + 2, device))
     if g_cfg["calibrate"] != "none":
         monitor(cfg["epochs"])  # the final figures show the generator as saved
     gen_cfg, crit_cfg = generator.config, critic.config
