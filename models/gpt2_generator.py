@@ -132,15 +132,16 @@ class GPT2Generator(nn.Module):
     def init_from_data(self, X: torch.Tensor, gain_spread: float = 1.0) -> None:
         """Data-dependent initialisation from training trials X (B, n_chans, n_times), output units:
         the spatial mixing starts at the square root of the data's spatial covariance, and the gain
-        path at `gain_spread` times the data's trial-to-trial std of log power (see `_init_gain`)."""
+        path at `gain_spread` times the data's trial-to-trial std of log power (see `init_gain`)."""
         Xc = X - X.mean(-1, keepdim=True)
         cov = torch.einsum("bct,bdt->cd", Xc.double(), Xc.double()) / (Xc.shape[0] * Xc.shape[-1])
         cov = cov + 1e-3 * torch.diagonal(cov).mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
         vals, vecs = torch.linalg.eigh(cov)
         self.spatial.copy_((vecs * vals.clamp_min(0).sqrt()[None, :]) @ vecs.T)
-        self._init_gain(Xc, gain_spread)
+        self.init_gain(Xc, gain_spread)
 
-    def _init_gain(self, Xc: torch.Tensor, gain_spread: float) -> None:
+    @torch.no_grad()
+    def init_gain(self, X: torch.Tensor, gain_spread: float = 1.0) -> None:
         """Set the gain path so the per-trial log amplitude has half the covariance (over channels)
         of the real trials' per-trial log power, log power being twice log amplitude. Real trials
         differ mostly by one shared factor (subject, session, electrode contact: about 70% of the
@@ -148,6 +149,7 @@ class GPT2Generator(nn.Module):
         saddle of the spread objective (no spread, no gradient towards spread), so it is started
         where the data is. The bias keeps the mean power at 1: E[exp(2 g)] = exp(2 b + 2 var g)."""
         c = self.config
+        Xc = X - X.mean(-1, keepdim=True)
         logp = torch.log(Xc.double().pow(2).mean(-1) + 1e-12)                    # (B, C) per-trial log power
         if logp.shape[0] < 3 or gain_spread <= 0:
             return
