@@ -495,7 +495,7 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
     fake, y_fake = generate(gen, n_per_class, seed, device)
     ratio = class_psd(X, y) / class_psd(fake, y_fake).clamp_min(1e-30)
     gain = ratio.sqrt().clamp(0.5, 2.0)
-    passband = gen.band_response.double().pow(2) > 0.01
+    passband = gen.band_response.detach().cpu().double().pow(2) > 0.01  # X and the samples are on the CPU
     gain = torch.where(passband, gain, torch.ones_like(gain)).float()
     gen.calibration.mul_(gain.to(gen.calibration.device))
     gain_db = 20 * torch.log10(gain[..., passband])
