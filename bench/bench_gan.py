@@ -203,14 +203,17 @@ def quality(args) -> dict:
     bp_tr = M.band_power_errors(Xg, yg, sp.train.X, sp.train.y, b.sfreq, b.ch_names)
     lat_tr = M.lateralization(sp.train.X, sp.train.y, b.sfreq, b.ch_names)
     drift = M.band_power_errors(sp.train.X, sp.train.y, sp.test.X, sp.test.y, b.sfreq, b.ch_names)
+    def worst(errs: dict) -> float:  # largest |relative error| over the band x class x channel cells
+        return max(abs(v) for k, v in errs.items() if k != "mean_abs")
+
     return {"run": str(folder), "csp_real_trained": real, "csp_tstr": tstr,
             "tstr_fraction_of_real_above_chance": (tstr - 0.5) / max(real - 0.5, 1e-9),
             "band_power_mean_abs_rel_err": bp["mean_abs"],
-            "band_power_max_abs_rel_err": max(abs(v) for k, v in bp.items() if k != "mean_abs"),
+            "band_power_max_abs_rel_err": worst(bp),
             **{f"mu_lat_{k}": v for k, v in lat.items() if k.endswith("_db") and "abs" not in k},
             "band_power_vs_train_mean_abs_rel_err": bp_tr["mean_abs"],
-            "band_power_vs_train_max_abs_rel_err": max(abs(v) for k, v in bp_tr.items() if k != "mean_abs"),
-            "band_power_train_vs_test_max_abs_rel_err": max(abs(v) for k, v in drift.items() if k != "mean_abs"),
+            "band_power_vs_train_max_abs_rel_err": worst(bp_tr),
+            "band_power_train_vs_test_max_abs_rel_err": worst(drift),
             **{f"mu_lat_{k}_train_db": v for k, v in lat_tr.items()},
             "nn_ratio": nn["nn_ratio"], "model_name": _json.loads((folder / "gan.json").read_text())["model_name"],
             **(repeated_tstr(b, cfg, args.repeats, args.per_class) if args.repeats else {})}
@@ -226,16 +229,15 @@ def repeated_tstr(bundle, cfg: dict, repeats: int, per_class: int) -> dict:
 
     ev = Evaluator(cfg, "cpu", progress=False)
     r = ev.real
-    out = {"cnn": [], "csp": [], "cnn_real": []}
+    out = {"tstr_cnn": [], "tstr_csp": [], "cnn_real_trained": []}
     for i in range(repeats):
         Xg, yg = bundle.sample(per_class, 1000 + i)
-        out["cnn"].append(ev.fit(Xg, yg, i).accuracy(r.X_test, r.y_test))
-        out["csp"].append(M.csp_lda_accuracy(Xg, yg, r.X_test, r.y_test, 6))
-        out["cnn_real"].append(ev.fit(r.X_pool, r.y_pool, i).accuracy(r.X_test, r.y_test))
+        out["tstr_cnn"].append(ev.fit(Xg, yg, i).accuracy(r.X_test, r.y_test))
+        out["tstr_csp"].append(M.csp_lda_accuracy(Xg, yg, r.X_test, r.y_test, 6))
+        out["cnn_real_trained"].append(ev.fit(r.X_pool, r.y_pool, i).accuracy(r.X_test, r.y_test))
     res = {"repeats": repeats, "generated_per_class": per_class}
     for k, v in out.items():
-        res[f"tstr_{k}_mean" if k != "cnn_real" else "cnn_real_trained_mean"] = float(np.mean(v))
-        res[f"tstr_{k}_std" if k != "cnn_real" else "cnn_real_trained_std"] = float(np.std(v))
+        res[f"{k}_mean"], res[f"{k}_std"] = float(np.mean(v)), float(np.std(v))
     return res
 
 

@@ -138,7 +138,7 @@ class GPT2Generator(nn.Module):
         cov = cov + 1e-3 * torch.diagonal(cov).mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
         vals, vecs = torch.linalg.eigh(cov)
         self.spatial.copy_((vecs * vals.clamp_min(0).sqrt()[None, :]) @ vecs.T)
-        self.init_gain(Xc, gain_spread)
+        self.init_gain(X, gain_spread)
 
     @torch.no_grad()
     def init_gain(self, X: torch.Tensor, gain_spread: float = 1.0) -> None:
@@ -148,11 +148,11 @@ class GPT2Generator(nn.Module):
         log band-power variance in the pooled EEGBCI data), and a zero-initialised gain sits at a
         saddle of the spread objective (no spread, no gradient towards spread), so it is started
         where the data is. The bias keeps the mean power at 1: E[exp(2 g)] = exp(2 b + 2 var g)."""
+        if X.shape[0] < 3 or gain_spread <= 0:
+            return
         c = self.config
         Xc = X - X.mean(-1, keepdim=True)
         logp = torch.log(Xc.double().pow(2).mean(-1) + 1e-12)                    # (B, C) per-trial log power
-        if logp.shape[0] < 3 or gain_spread <= 0:
-            return
         cov_g = torch.cov(logp.T) * (gain_spread ** 2 / 4) + 1e-6 * torch.eye(c.n_chans, dtype=torch.float64)
         k = min(c.n_chans, c.n_embd)
         chol = torch.linalg.cholesky(cov_g)[:, :k] / c.noise_variance ** 0.5
