@@ -2,7 +2,7 @@
 
     python bench/bench_gan.py speed    [--threads N] [--steps 10]
     python bench/bench_gan.py transfer [--threads N] [--pretrain-epochs 30] [--epochs 20] [--every 2]
-                                       [--set KEY=VALUE ...]
+                                       [--set KEY=VALUE ...] [--source-set KEY=VALUE ...]
     python bench/bench_gan.py quality RUN_DIR [--repeats 4] [--per-class 150]
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
@@ -11,11 +11,15 @@ shape. Reports real trials consumed per second, the step's FLOPs counted with
 torch.utils.flop_counter.FlopCounterMode, the achieved GFLOP/s, and that as a fraction of the
 dense float32 matmul GFLOP/s measured in the same process with the same thread count.
 
-transfer: pretrains gpt2cgan on the executed runs (3/7/11), then trains on the imagined runs
-(4/8/12) for --epochs epochs twice, once starting from the pretrained networks and once from
+transfer: pretrains gpt2cgan on the source data, then trains on the target data (the `data`
+section) for --epochs epochs twice, once starting from the pretrained networks and once from
 scratch, and records quality every --every epochs: CSP+LDA accuracy on real held-out trials of
-a model trained on generated trials (TSTR), mean relative mu/beta power error at C3/Cz/C4, and
-the mu lateralisation at C3/C4. Writes both curves.
+a model trained on generated trials (TSTR), mean relative mu/beta power error at C3/Cz/C4 against
+the held-out run and against the target training trials, and the mu lateralisation at C3/C4.
+The source is the target config with the --source-set overrides (default
+`pretrain_data.task=execution`: executed runs 3/7/11 -> imagined 4/8/12). Cross-subject, e.g.
+S001-S008 -> S009: `--set 'data.subjects=[9]' --source-set 'pretrain_data.subjects=[1,2,3,4,5,6,7,8]'`.
+Writes both curves.
 
 quality: TSTR (CSP+LDA trained on generated trials, tested on the real held-out run) next to the
 same classifier trained on real trials, mu/beta power errors at C3/Cz/C4, mu lateralisation and
@@ -108,17 +112,20 @@ def speed(args) -> dict:
 
 
 def transfer(args) -> dict:
+    import copy
+
     import trainers.gan as tg
     from config.schema import load_config
     from data.dataset import Standardizer, load_splits, pretrain_data_cfg
+    from trainers.evaluate import Evaluator
     from trainers.generate import load_generator
     from utils import metrics as M
     from utils.runtime import seed_everything
 
     out = Path(args.out)
     base = ["model_name=gpt2cgan", f"output_dir={out}", "gan.figure_every=1000"] + args.set
-    cfg_src = load_config(ROOT / "config" / "config.json", base + ["pretrain_data.task=execution",
-                                                                    f"epochs={args.pretrain_epochs}"])
+    source = args.source_set or ["pretrain_data.task=execution"]
+    cfg_src = load_config(ROOT / "config" / "config.json", base + source + [f"epochs={args.pretrain_epochs}"])
     cfg_tgt = load_config(ROOT / "config" / "config.json", base + [f"epochs={args.epochs}"])
     tg._evaluate = lambda *a, **k: {}
     seed = cfg_src["seed"]
@@ -132,40 +139,76 @@ def transfer(args) -> dict:
                            X_init=std_src.transform(src.train.X))
     pre_dir = out / "pretrain"
     pre_dir.mkdir(parents=True, exist_ok=True)
-    tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d, progress=not args.quiet)
+    if args.reuse_pretrain and (pre_dir / "generator.safetensors").is_file():
+        print(f"reusing the pretrained networks in {pre_dir}")
+    else:
+        tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d, progress=not args.quiet)
     pretrain_s = time.perf_counter() - t
 
     tgt = load_splits(cfg_tgt, seed=seed, progress=False)
     real_csp = M.csp_lda_accuracy(tgt.train.X, tgt.train.y, tgt.test.X, tgt.test.y)
-    n_gen = int(np.bincount(tgt.train.y).max())
+    # At least 100 per class: a single target subject has ~12 training trials per class, too few
+    # for a band-power estimate that is not mostly sampling noise.
+    n_gen = max(int(np.bincount(tgt.train.y).max()), args.per_class_transfer)
+    n_batches = -(-len(tgt.train) // cfg_tgt["batch_size"])
+
+    # The Frechet distance of the evaluation module (features of a CNN fitted once on the real target
+    # pool, against the second half of the held-out run), with its real floor (first half).
+    ev = Evaluator(cfg_tgt, "cpu", progress=False)
+    ev.fixed_classifier()
+    r = ev.real
+    frechet_floor = M.frechet_distance(ev.features(r.X_a), ev.features(r.X_b))
+    Xtr_std = {}
+
+    def quality_at(gen, std, name, epoch, row) -> dict:
+        """The generator as a user would get it if training stopped here: calibrated on the target
+        training trials (gan.calibrate), then scored. The raw band error is the uncalibrated one."""
+        fake, yf = tg.generate(gen, n_gen, seed + 1, "cpu")
+        raw = M.band_power_errors(std.inverse(fake.numpy()), yf.numpy(), tgt.test.X, tgt.test.y, tgt.train.sfreq,
+                                  tgt.train.ch_names)["mean_abs"]
+        gen = copy.deepcopy(gen)
+        if name not in Xtr_std:
+            Xtr_std[name] = torch.from_numpy(std.transform(tgt.train.X))
+        tg.calibrate_spectrum(gen, Xtr_std[name], torch.from_numpy(tgt.train.y.astype(np.int64)), tgt.train.sfreq,
+                              cfg_tgt["gan"]["calibrate"], seed + 2, "cpu")
+        fake, yf = tg.generate(gen, n_gen, seed + 1, "cpu")
+        Xg, yg = std.inverse(fake.numpy()), yf.numpy()
+        bp = M.band_power_errors(Xg, yg, tgt.test.X, tgt.test.y, tgt.train.sfreq, tgt.train.ch_names)
+        bp_tr = M.band_power_errors(Xg, yg, tgt.train.X, tgt.train.y, tgt.train.sfreq, tgt.train.ch_names)
+        lat = M.lateralization(Xg, yg, tgt.train.sfreq, tgt.train.ch_names)
+        sub = np.concatenate([np.flatnonzero(yg == c)[:n] for c, n in enumerate(r.counts_a)])
+        return {"epoch": epoch, "generator_steps": epoch * n_batches // cfg_tgt["gan"]["critic_steps"],
+                "tstr_csp": M.csp_lda_accuracy(Xg, yg, tgt.test.X, tgt.test.y),
+                "band_error": bp["mean_abs"], "band_error_vs_train": bp_tr["mean_abs"], "band_error_raw": raw,
+                "frechet": M.frechet_distance(ev.features(Xg[sub]), ev.features(r.X_b)),
+                "mu_lat_C3_db": lat.get("C3"), "mu_lat_C4_db": lat.get("C4"),
+                "moment_loss": row.get("moment_loss"), "contrast_loss": row.get("contrast_loss")}
 
     def curve(name, std):
         rows = []
 
         def on_epoch(epoch, gen, row):
-            if epoch % args.every and epoch != args.epochs:
+            if epoch % args.every and epoch not in (0, args.epochs):
                 return {}
-            fake, yf = tg.generate(gen, n_gen, seed + 1, "cpu")
-            Xg, yg = std.inverse(fake.numpy()), yf.numpy()
-            bp = M.band_power_errors(Xg, yg, tgt.test.X, tgt.test.y, tgt.train.sfreq, tgt.train.ch_names)
-            lat = M.lateralization(Xg, yg, tgt.train.sfreq, tgt.train.ch_names)
-            q = {"epoch": epoch, "tstr_csp": M.csp_lda_accuracy(Xg, yg, tgt.test.X, tgt.test.y),
-                 "band_error": bp["mean_abs"], "mu_lat_C3_db": lat.get("C3"), "mu_lat_C4_db": lat.get("C4"),
-                 "moment_loss": row.get("moment_loss")}
+            with torch.random.fork_rng():  # scoring must not move the training run's RNG
+                q = quality_at(gen, std, name, epoch, row)
             rows.append(q)
-            print(f"  {name:9s} epoch {epoch:3d}  TSTR {q['tstr_csp']:.3f}  band err {q['band_error']:.3f}  "
+            print(f"  {name:10s} epoch {epoch:3d}  TSTR {q['tstr_csp']:.3f}  band err {q['band_error']:.3f} "
+                  f"(vs train {q['band_error_vs_train']:.3f}, uncalibrated {q['band_error_raw']:.3f})  "
+                  f"Frechet {q['frechet']:.0f}  moment {q['moment_loss'] or float('nan'):.3f}  "
                   f"mu lat C3 {q['mu_lat_C3_db']:+.2f} dB C4 {q['mu_lat_C4_db']:+.2f} dB", flush=True)
             return {}
         return rows, on_epoch
 
     results = {}
-    for name in ("pretrained", "scratch"):
+    for name in [b for b in ("pretrained", "scratch") if b not in args.skip]:
         seed_everything(seed)
         if name == "pretrained":
             b = load_generator(pre_dir, with_critic=True)
             g, d, std = b.generator, b.critic, b.standardizer
             g.train().requires_grad_(True)
             d.train().requires_grad_(True)
+            reinit(args.reinit, g, d, std, tgt.train.X, cfg_tgt)
         else:
             std = Standardizer.fit(tgt.train.X, cfg_tgt["data"]["normalize"])
             g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq,
@@ -174,10 +217,31 @@ def transfer(args) -> dict:
         rd = out / name
         rd.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
+        cb(0, g, {})  # the starting point, before any training on the target
         tg.fit_gan(cfg_tgt, rd, torch.device("cpu"), seed, False, tgt, std, g, d, progress=False, on_epoch=cb)
         results[name] = {"curve": rows, "train_s": time.perf_counter() - t}
     return {"threads": torch.get_num_threads(), "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
-            "pretrain_s": pretrain_s, "real_trained_csp": real_csp, "overrides": args.set, **results}
+            "reinit": args.reinit,
+            "pretrain_s": pretrain_s, "real_trained_csp": real_csp, "overrides": args.set, "source_overrides": source,
+            "source_train_trials": len(src.train), "target_train_trials": len(tgt.train),
+            "frechet_floor": frechet_floor, **results}
+
+
+def reinit(parts: list[str], g, d, std, X_target: np.ndarray, cfg: dict) -> None:
+    """transfer --reinit: restart parts of the pretrained networks on the target data."""
+    import trainers.gan as tg
+
+    Xt = torch.as_tensor(std.transform(X_target))
+    with torch.no_grad():
+        if "spatial" in parts:
+            g.init_from_data(Xt, cfg["gan"]["gain_spread"])
+        if "gain" in parts and "spatial" not in parts:
+            g.init_gain(Xt, cfg["gan"]["gain_spread"])
+        if "calibration" in parts:
+            g.calibration.fill_(1.0)
+        if "critic" in parts:
+            fresh = tg.Critic(d.config)
+            d.load_state_dict(fresh.state_dict())
 
 
 def quality(args) -> dict:
@@ -252,6 +316,18 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "checkpoints" / "bench_transfer"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--source-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="transfer: overrides for the pretraining (source) config only "
+                        "(default pretrain_data.task=execution)")
+    p.add_argument("--reuse-pretrain", action="store_true",
+                   help="transfer: reuse OUT/pretrain when it holds a finished run")
+    p.add_argument("--skip", action="append", default=[], choices=("pretrained", "scratch"),
+                   help="transfer: leave out a branch")
+    p.add_argument("--reinit", action="append", default=[], choices=("spatial", "gain", "calibration", "critic"),
+                   help="transfer: restart these parts of the pretrained networks on the target data")
+    p.add_argument("--results", help="transfer: JSON file name under bench/results (default gan_transfer.json)")
+    p.add_argument("--per-class-transfer", type=int, default=100,
+                   help="transfer: generated trials per class at each check (at least the training count)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--repeats", type=int, default=0,
                    help="quality: also average CNN and CSP train-on-synthetic over N generated sets and seeds")
@@ -284,12 +360,22 @@ def main(argv=None) -> int:
         if not any(s.startswith("data_path=") for s in args.set):
             args.set.append(f"data_path={ROOT.parent / 'shared' / 'data' / 'eegmmidb'}")
         res = transfer(args)
-        print(f"real-trained CSP+LDA accuracy on the held-out run: {res['real_trained_csp']:.3f}")
-        print(f"{'epoch':>5s} | {'TSTR pre':>8s} {'TSTR scr':>8s} | {'bandErr pre':>11s} {'bandErr scr':>11s}")
-        for a, b in zip(res["pretrained"]["curve"], res["scratch"]["curve"]):
-            print(f"{a['epoch']:5d} | {a['tstr_csp']:8.3f} {b['tstr_csp']:8.3f} | {a['band_error']:11.3f} "
-                  f"{b['band_error']:11.3f}")
-        path = RESULTS / "gan_transfer.json"
+        print(f"source {res['source_overrides']} ({res['source_train_trials']} training trials), "
+              f"target {res['target_train_trials']} training trials")
+        print(f"real-trained CSP+LDA accuracy on the held-out run: {res['real_trained_csp']:.3f}; "
+              f"Frechet real floor {res['frechet_floor']:.0f}")
+        print("generators calibrated on the target training trials at each check (pre = pretrained, scr = scratch)")
+        cols = (("TSTR", "tstr_csp", 5, 3), ("band err", "band_error", 8, 3), ("vs train", "band_error_vs_train", 8, 3),
+                ("Frechet", "frechet", 7, 0), ("moment", "moment_loss", 6, 3))
+        print(f"{'epoch':>5s} {'G steps':>7s} | " + " | ".join(f"{h + ' pre':>{w + 4}s} {h + ' scr':>{w + 4}s}"
+                                                        for h, _, w, _ in cols))
+        curves = {k: {q["epoch"]: q for q in res[k]["curve"]} for k in ("pretrained", "scratch") if k in res}
+        for epoch in sorted(set().union(*curves.values())):
+            a, b = (curves.get(k, {}).get(epoch, {}) for k in ("pretrained", "scratch"))
+            steps = (a or b)["generator_steps"]
+            print(f"{epoch:5d} {steps:7d} | " + " | ".join(
+                f"{a.get(k) or float('nan'):{w + 4}.{d}f} {b.get(k) or float('nan'):{w + 4}.{d}f}" for _, k, w, d in cols))
+        path = RESULTS / (args.results or "gan_transfer.json")
     path.write_text(json.dumps(res, indent=2))
     print(f"wrote {path}")
     return 0
