@@ -19,7 +19,11 @@ the held-out run and against the target training trials, and the mu lateralisati
 The source is the target config with the --source-set overrides (default
 `pretrain_data.task=execution`: executed runs 3/7/11 -> imagined 4/8/12). Cross-subject, e.g.
 S001-S008 -> S009: `--set 'data.subjects=[9]' --source-set 'pretrain_data.subjects=[1,2,3,4,5,6,7,8]'`.
-Writes both curves.
+The pretrained branch is restarted on the target as the fine-tuning trainers do (`finetune.reinit`,
+e.g. `--set finetune.reinit=null` to keep everything pretrained). At every check (and before the
+first target epoch) the generator is scored as a user would get it had training stopped there:
+calibrated on the target training trials (`gan.calibrate`); `band_error_raw` is the uncalibrated
+error. Writes both curves.
 
 quality: TSTR (CSP+LDA trained on generated trials, tested on the real held-out run) next to the
 same classifier trained on real trials, mu/beta power errors at C3/Cz/C4, mu lateralisation and
@@ -118,6 +122,7 @@ def transfer(args) -> dict:
     from config.schema import load_config
     from data.dataset import Standardizer, load_splits, pretrain_data_cfg
     from trainers.evaluate import Evaluator
+    from trainers.finetune import restart_on_target
     from trainers.generate import load_generator
     from utils import metrics as M
     from utils.runtime import seed_everything
@@ -208,7 +213,8 @@ def transfer(args) -> dict:
             g, d, std = b.generator, b.critic, b.standardizer
             g.train().requires_grad_(True)
             d.train().requires_grad_(True)
-            reinit(args.reinit, g, d, std, tgt.train.X, cfg_tgt)
+            restart_on_target(g, d, cfg_tgt["finetune"]["reinit"], std.transform(tgt.train.X),
+                              cfg_tgt["gan"]["gain_spread"])
         else:
             std = Standardizer.fit(tgt.train.X, cfg_tgt["data"]["normalize"])
             g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq,
@@ -221,27 +227,10 @@ def transfer(args) -> dict:
         tg.fit_gan(cfg_tgt, rd, torch.device("cpu"), seed, False, tgt, std, g, d, progress=False, on_epoch=cb)
         results[name] = {"curve": rows, "train_s": time.perf_counter() - t}
     return {"threads": torch.get_num_threads(), "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
-            "reinit": args.reinit,
+            "finetune_reinit": cfg_tgt["finetune"]["reinit"],
             "pretrain_s": pretrain_s, "real_trained_csp": real_csp, "overrides": args.set, "source_overrides": source,
             "source_train_trials": len(src.train), "target_train_trials": len(tgt.train),
             "frechet_floor": frechet_floor, **results}
-
-
-def reinit(parts: list[str], g, d, std, X_target: np.ndarray, cfg: dict) -> None:
-    """transfer --reinit: restart parts of the pretrained networks on the target data."""
-    import trainers.gan as tg
-
-    Xt = torch.as_tensor(std.transform(X_target))
-    with torch.no_grad():
-        if "spatial" in parts:
-            g.init_from_data(Xt, cfg["gan"]["gain_spread"])
-        if "gain" in parts and "spatial" not in parts:
-            g.init_gain(Xt, cfg["gan"]["gain_spread"])
-        if "calibration" in parts:
-            g.calibration.fill_(1.0)
-        if "critic" in parts:
-            fresh = tg.Critic(d.config)
-            d.load_state_dict(fresh.state_dict())
 
 
 def quality(args) -> dict:
@@ -323,8 +312,6 @@ def main(argv=None) -> int:
                    help="transfer: reuse OUT/pretrain when it holds a finished run")
     p.add_argument("--skip", action="append", default=[], choices=("pretrained", "scratch"),
                    help="transfer: leave out a branch")
-    p.add_argument("--reinit", action="append", default=[], choices=("spatial", "gain", "calibration", "critic"),
-                   help="transfer: restart these parts of the pretrained networks on the target data")
     p.add_argument("--results", help="transfer: JSON file name under bench/results (default gan_transfer.json)")
     p.add_argument("--per-class-transfer", type=int, default=100,
                    help="transfer: generated trials per class at each check (at least the training count)")

@@ -197,6 +197,10 @@ SCHEMA: dict[str, Any] = {
     "finetune": {
         "adv_weight": _float(0.02, "weight of the adversarial loss while fine-tuning (replaces gan.adv_weight)", lo=0),
         "cls_weight": _float(1.0, "weight of the frozen-classifier loss on generated trials", lo=0),
+        "reinit": Spec((list,), ["critic", "output"], "parts of the pretrained GAN restarted on the target data before "
+                       "fine-tuning: critic (a fresh critic), output (the generator's spatial mixing, per-trial "
+                       "gain and calibration, from the target trials); null: none", nullable=True,
+                       item=_str(None, "", choices=("critic", "output"))),
     },
     "source": {
         "head_model": _str("auto", "auto (fsaverage if a local copy exists, else sphere), sphere, or fsaverage "

@@ -9,7 +9,8 @@ run). gpt2xcnn needs a temporal CNN (eegnet or shallow), gpt2scnn the C3/Cz/C4 s
     finetune.adv_weight * adversarial + moment/psd terms + finetune.cls_weight * CE(classifier(G(z, y)), y)
 
 so generated trials stay realistic and decode as their class. `fine_tune = false` trains the same
-objective from freshly initialised networks (the ablation). The classifier has its own
+objective from freshly initialised networks (the ablation); `finetune.reinit` restarts the parts of
+the pretrained GAN that describe the source data (see `restart_on_target`). The classifier has its own
 Standardizer: generated trials are mapped generator units -> volts -> classifier units.
 """
 from __future__ import annotations
@@ -45,6 +46,28 @@ def check_matches(what: str, meta: dict, train, representation: str) -> None:
     if meta.get("representation", "sensor") != representation:
         raise UserError(f"{what}: trained on representation {meta.get('representation')!r}, the config asks "
                         f"for {representation!r}")
+
+
+REINIT_PARTS = ("critic", "output")
+
+
+def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_spread: float) -> None:
+    """Restart the parts of a pretrained GAN that describe the source data rather than EEG in general
+    (`finetune.reinit`), before fine-tuning on the target trials X_target_std (generator units).
+
+    "critic": a fresh critic of the same architecture. The pretrained one has learned to tell the
+    source's real trials from generated ones; on another subject its first, large gradients pull the
+    generator back towards the source. "output": the generator's data-dependent output stages
+    (spatial mixing, per-trial gain, spectral calibration) re-initialised from the target trials, as
+    a fresh generator's are; GPT-2, the class embedding and the head (the temporal model) are kept.
+    """
+    parts = set(parts or ())
+    with torch.no_grad():
+        if "output" in parts:
+            generator.init_from_data(torch.as_tensor(X_target_std), gain_spread)
+            generator.calibration.fill_(1.0)
+        if "critic" in parts:
+            critic.load_state_dict(type(critic)(critic.config).state_dict())
 
 
 def load_frozen_classifier(cfg: dict, device):
@@ -93,6 +116,8 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
         generator, critic, standardizer = bundle.generator, bundle.critic, bundle.standardizer
         generator.train().requires_grad_(True)
         critic.train().requires_grad_(True)
+        restart_on_target(generator, critic, cfg["finetune"]["reinit"], standardizer.transform(train.X),
+                          cfg["gan"]["gain_spread"])
     else:
         standardizer = Standardizer.fit(train.X, cfg["data"]["normalize"])
         generator, critic = build_models(cfg, train.n_chans, train.n_times, train.sfreq,

@@ -63,6 +63,7 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path, text, needles):
     ('{"classifier": {"dropout": 1.5}}', ("'classifier.dropout'", "maximum")),
     ('{"classifier": {"architecture": "resnet"}}', ("'classifier.architecture'", "not one of")),
     ('{"classifier": {"patience": 0}}', ("'classifier.patience'", "minimum")),
+    ('{"finetune": {"reinit": ["critic", "head"]}}', ("'finetune.reinit[1]'", "not one of")),
     ('[1, 2]', ("expected a JSON object",)),
 ])
 def test_bad_config_values_exit_2_with_one_line(tmp_path, capsys, text, needles):

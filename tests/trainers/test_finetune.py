@@ -103,3 +103,36 @@ def test_error_paths_exit_2_with_one_line(assets, tmp_path, monkeypatch, capsys,
     err = capsys.readouterr().err  # may also hold progress bars (\r-separated)
     line = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
     assert err.count("error:") == 1 and line.startswith("error:") and message in line, err
+
+
+def test_reinit_restarts_the_critic_and_the_output_stages_on_the_target():
+    import torch
+
+    from config.schema import apply_overrides, validate
+    from trainers.finetune import restart_on_target
+
+    cfg = validate(apply_overrides({}, GAN + ["data.l_freq=null", "data.h_freq=null"]))
+    torch.manual_seed(0)
+    src = torch.randn(40, 5, 64)
+    tgt = torch.randn(40, 5, 64) * torch.tensor([3.0, 1.0, 1.0, 0.5, 2.0])[:, None]  # other channel scales
+    g, d = gan.build_models(cfg, 5, 64, 160.0, X_init=src)
+    g.calibration.mul_(2.0)  # as a calibrated pretrained generator has
+    body = {k: v.clone() for k, v in g.transformer.state_dict().items()}
+    critic_before = {k: v.clone() for k, v in d.state_dict().items()}
+    spatial_before = g.spatial.detach().clone()
+
+    restart_on_target(g, d, None, tgt.numpy(), 0.5)  # null: the pretrained networks as they are
+    assert torch.equal(g.spatial, spatial_before) and torch.all(g.calibration == 2.0)
+    assert all(torch.equal(v, d.state_dict()[k]) for k, v in critic_before.items())
+
+    rng = torch.get_rng_state()
+    restart_on_target(g, d, ["critic", "output"], tgt.numpy(), 0.5)
+    fresh, _ = gan.build_models(cfg, 5, 64, 160.0, X_init=tgt)
+    assert torch.allclose(g.spatial, fresh.spatial) and torch.allclose(g.gain.weight, fresh.gain.weight)
+    assert torch.all(g.calibration == 1.0)
+    assert all(torch.equal(v, g.transformer.state_dict()[k]) for k, v in body.items())  # the temporal model stays
+    torch.set_rng_state(rng)
+    new_critic = type(d)(d.config).state_dict()  # what a fresh critic is, from the same RNG state
+    assert all(torch.equal(v, d.state_dict()[k]) for k, v in new_critic.items())
+    assert not all(torch.equal(v, d.state_dict()[k]) for k, v in critic_before.items())
+    assert torch.isfinite(d(tgt[:4], torch.tensor([0, 1, 0, 1]))).all()
