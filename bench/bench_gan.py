@@ -122,7 +122,7 @@ def transfer(args) -> dict:
     from config.schema import load_config
     from data.dataset import Standardizer, load_splits, pretrain_data_cfg
     from trainers.evaluate import Evaluator
-    from trainers.finetune import restart_on_target
+    from trainers.finetune import resolve_reinit, restart_on_target
     from trainers.generate import load_generator
     from utils import metrics as M
     from utils.runtime import seed_everything
@@ -213,8 +213,9 @@ def transfer(args) -> dict:
             g, d, std = b.generator, b.critic, b.standardizer
             g.train().requires_grad_(True)
             d.train().requires_grad_(True)
-            restart_on_target(g, d, cfg_tgt["finetune"]["reinit"], std.transform(tgt.train.X),
-                              cfg_tgt["gan"]["gain_spread"])
+            reinit = resolve_reinit(cfg_tgt["finetune"]["reinit"], b.meta.get("data", {}), tgt.info)
+            restart_on_target(g, d, reinit, std.transform(tgt.train.X), cfg_tgt["gan"]["gain_spread"])
+            print(f"pretrained networks restarted on the target: {reinit or 'nothing'}")
         else:
             std = Standardizer.fit(tgt.train.X, cfg_tgt["data"]["normalize"])
             g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq,
@@ -225,9 +226,10 @@ def transfer(args) -> dict:
         t = time.perf_counter()
         cb(0, g, {})  # the starting point, before any training on the target
         tg.fit_gan(cfg_tgt, rd, torch.device("cpu"), seed, False, tgt, std, g, d, progress=False, on_epoch=cb)
-        results[name] = {"curve": rows, "train_s": time.perf_counter() - t}
+        results[name] = {"curve": rows, "train_s": time.perf_counter() - t,
+                         **({"reinit": reinit} if name == "pretrained" else {})}
     return {"threads": torch.get_num_threads(), "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
-            "finetune_reinit": cfg_tgt["finetune"]["reinit"],
+            "finetune_reinit": cfg_tgt["finetune"]["reinit"],  # the setting; "auto" is resolved per run
             "pretrain_s": pretrain_s, "real_trained_csp": real_csp, "overrides": args.set, "source_overrides": source,
             "source_train_trials": len(src.train), "target_train_trials": len(tgt.train),
             "frechet_floor": frechet_floor, **results}

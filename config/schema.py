@@ -69,6 +69,15 @@ def _channels_check(v):
     return None
 
 
+def _reinit_check(v):
+    if isinstance(v, str):
+        return None if v == "auto" else "must be 'auto', a list of 'critic' / 'output', or null"
+    bad = [p for p in v if p not in ("critic", "output")]
+    if not v or bad:
+        return f"lists {json.dumps(bad[0]) if bad else 'nothing'}; the parts are 'critic' and 'output'"
+    return None
+
+
 SCHEMA: dict[str, Any] = {
     # --- the original project's keys -------------------------------------------------------
     "gpu": _bool(False, "use CUDA when available; if asked for but absent, warn once and run on CPU"),
@@ -197,10 +206,11 @@ SCHEMA: dict[str, Any] = {
     "finetune": {
         "adv_weight": _float(0.02, "weight of the adversarial loss while fine-tuning (replaces gan.adv_weight)", lo=0),
         "cls_weight": _float(1.0, "weight of the frozen-classifier loss on generated trials", lo=0),
-        "reinit": Spec((list,), ["critic", "output"], "parts of the pretrained GAN restarted on the target data before "
+        "reinit": Spec((str, list), "auto", "parts of the pretrained GAN restarted on the target data before "
                        "fine-tuning: critic (a fresh critic), output (the generator's spatial mixing, per-trial "
-                       "gain and calibration, from the target trials); null: none", nullable=True,
-                       item=_str(None, "", choices=("critic", "output"))),
+                       "gain and calibration, from the target trials); auto: both when the pretrained GAN was "
+                       "trained on other subjects than the target, none when only the task differs; null: none",
+                       nullable=True, check=_reinit_check),
     },
     "source": {
         "head_model": _str("auto", "auto (fsaverage if a local copy exists, else sphere), sphere, or fsaverage "

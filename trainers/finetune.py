@@ -51,6 +51,24 @@ def check_matches(what: str, meta: dict, train, representation: str) -> None:
 REINIT_PARTS = ("critic", "output")
 
 
+def training_subjects(info: dict) -> list | None:
+    """The subjects whose trials a run trained on, from its data info (gan.json "data")."""
+    subjects = info.get("train_subjects") if info.get("split") == "subject" else info.get("subjects")
+    return sorted(subjects) if subjects is not None else None
+
+
+def resolve_reinit(setting, pretrained_info: dict, target_info: dict) -> list[str]:
+    """`finetune.reinit` as parts to restart. "auto": restart the critic and the output stages when the
+    pretrained GAN was trained on other subjects than the target (or its subjects are unknown), keep
+    everything when only the task differs. Measured (README, "Transfer, session 4"): on a new subject
+    the pretrained critic and output stages cost class structure; on the same subjects, restarting them
+    cost a few points of train-on-synthetic accuracy."""
+    if setting == "auto":
+        source, target = training_subjects(pretrained_info), training_subjects(target_info)
+        return [] if source is not None and source == target else list(REINIT_PARTS)
+    return list(setting or [])
+
+
 def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_spread: float) -> None:
     """Restart the parts of a pretrained GAN that describe the source data rather than EEG in general
     (`finetune.reinit`), before fine-tuning on the target trials X_target_std (generator units).
@@ -107,6 +125,7 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
     seed_everything(seed)
     classifier, cmeta = load_frozen_classifier(cfg, device)
     bundle = load_generator(cfg["pretrained_finetune_path"], device, with_critic=True) if cfg["fine_tune"] else None
+    reinit = None
     splits = load_splits(cfg, seed=seed, progress=dist.is_main())
     train = splits.train
     check_matches(f"classifier {cfg['pretrained_classifier_path']}", cmeta, train, cfg["representation"])
@@ -116,8 +135,8 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
         generator, critic, standardizer = bundle.generator, bundle.critic, bundle.standardizer
         generator.train().requires_grad_(True)
         critic.train().requires_grad_(True)
-        restart_on_target(generator, critic, cfg["finetune"]["reinit"], standardizer.transform(train.X),
-                          cfg["gan"]["gain_spread"])
+        reinit = resolve_reinit(cfg["finetune"]["reinit"], bundle.meta.get("data", {}), splits.info)
+        restart_on_target(generator, critic, reinit, standardizer.transform(train.X), cfg["gan"]["gain_spread"])
     else:
         standardizer = Standardizer.fit(train.X, cfg["data"]["normalize"])
         generator, critic = build_models(cfg, train.n_chans, train.n_times, train.sfreq,
@@ -126,7 +145,8 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
     meta_extra = {"fine_tune": cfg["fine_tune"], "data": splits.info,
                   "pretrained_from": str(bundle.folder) if bundle is not None else None,
                   "classifier_from": str(cfg["pretrained_classifier_path"]),
-                  "classifier_architecture": cmeta["architecture"]}
+                  "classifier_architecture": cmeta["architecture"],
+                  "finetune_reinit": reinit if bundle is not None else None}
     summary = fit_gan(cfg, round_dir, device, seed, resume, splits, standardizer, generator, critic,
                       extra_loss=extra, meta_extra=meta_extra, adv_weight=cfg["finetune"]["adv_weight"])
     if dist.is_main():

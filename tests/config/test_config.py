@@ -63,7 +63,8 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path, text, needles):
     ('{"classifier": {"dropout": 1.5}}', ("'classifier.dropout'", "maximum")),
     ('{"classifier": {"architecture": "resnet"}}', ("'classifier.architecture'", "not one of")),
     ('{"classifier": {"patience": 0}}', ("'classifier.patience'", "minimum")),
-    ('{"finetune": {"reinit": ["critic", "head"]}}', ("'finetune.reinit[1]'", "not one of")),
+    ('{"finetune": {"reinit": ["critic", "head"]}}', ("'finetune.reinit'", '"head"', "'critic' and 'output'")),
+    ('{"finetune": {"reinit": "always"}}', ("'finetune.reinit'", "'auto'")),
     ('[1, 2]', ("expected a JSON object",)),
 ])
 def test_bad_config_values_exit_2_with_one_line(tmp_path, capsys, text, needles):

@@ -56,6 +56,7 @@ def test_gpt2xcnn_fine_tunes_the_pretrained_gan_on_imagery(assets, tmp_path, mon
     meta = json.loads((run / "gan.json").read_text())
     assert meta["fine_tune"] is True and meta["pretrained_from"] == str(runs["gan"])
     assert meta["data"]["train_runs"] == [4, 8]  # target: imagery; the GAN was pretrained on 3/7/11
+    assert meta["finetune_reinit"] == []  # "auto": same subject, other task -> nothing restarted
     pre = json.loads((runs["gan"] / "gan.json").read_text())
     assert meta["standardizer"] == pre["standardizer"]  # output units stay those of the pretrained generator
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
@@ -136,3 +137,15 @@ def test_reinit_restarts_the_critic_and_the_output_stages_on_the_target():
     assert all(torch.equal(v, d.state_dict()[k]) for k, v in new_critic.items())
     assert not all(torch.equal(v, d.state_dict()[k]) for k, v in critic_before.items())
     assert torch.isfinite(d(tgt[:4], torch.tensor([0, 1, 0, 1]))).all()
+
+
+def test_auto_reinit_restarts_only_for_other_subjects():
+    from trainers.finetune import resolve_reinit
+
+    run = {"split": "run", "subjects": [1, 2, 3]}
+    assert resolve_reinit("auto", run, {"split": "run", "subjects": [3, 2, 1]}) == []
+    assert resolve_reinit("auto", run, {"split": "run", "subjects": [9]}) == ["critic", "output"]
+    assert resolve_reinit("auto", {"split": "subject", "train_subjects": [1, 2], "test_subjects": [3]},
+                          {"split": "run", "subjects": [1, 2]}) == []
+    assert resolve_reinit("auto", {}, run) == ["critic", "output"]  # unknown source: restart
+    assert resolve_reinit(["critic"], run, run) == ["critic"] and resolve_reinit(None, run, {}) == []
