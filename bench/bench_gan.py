@@ -147,7 +147,8 @@ def transfer(args) -> dict:
     if args.reuse_pretrain and (pre_dir / "generator.safetensors").is_file():
         print(f"reusing the pretrained networks in {pre_dir}")
     else:
-        tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d, progress=not args.quiet)
+        tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d, progress=not args.quiet,
+               meta_extra={"data": src.info})
     pretrain_s = time.perf_counter() - t
 
     tgt = load_splits(cfg_tgt, seed=seed, progress=False)
@@ -213,7 +214,7 @@ def transfer(args) -> dict:
             g, d, std = b.generator, b.critic, b.standardizer
             g.train().requires_grad_(True)
             d.train().requires_grad_(True)
-            reinit = resolve_reinit(cfg_tgt["finetune"]["reinit"], b.meta.get("data", {}), tgt.info)
+            reinit = resolve_reinit(cfg_tgt["finetune"]["reinit"], src.info, tgt.info)
             restart_on_target(g, d, reinit, std.transform(tgt.train.X), cfg_tgt["gan"]["gain_spread"])
             print(f"pretrained networks restarted on the target: {reinit or 'nothing'}")
         else:
