@@ -18,7 +18,9 @@ a model trained on generated trials (TSTR), mean relative mu/beta power error at
 the held-out run and against the target training trials, and the mu lateralisation at C3/C4.
 The source is the target config with the --source-set overrides (default
 `pretrain_data.task=execution`: executed runs 3/7/11 -> imagined 4/8/12). Cross-subject, e.g.
-S001-S008 -> S009: `--set 'data.subjects=[9]' --source-set 'pretrain_data.subjects=[1,2,3,4,5,6,7,8]'`.
+S001-S008 -> S009: `--set 'data.subjects=[9]' --source-set 'pretrain_data.subjects=[1,2,3,4,5,6,7,8]'`;
+`--target-per-class K` keeps only K target training trials per class (the real-trained CSP+LDA
+reference then uses the same K).
 The pretrained branch is restarted on the target as the fine-tuning trainers do (`finetune.reinit`,
 e.g. `--set finetune.reinit=null` to keep everything pretrained). At every check (and before the
 first target epoch) the generator is scored as a user would get it had training stopped there:
@@ -117,6 +119,7 @@ def speed(args) -> dict:
 
 def transfer(args) -> dict:
     import copy
+    import dataclasses
 
     import trainers.gan as tg
     from config.schema import load_config
@@ -152,6 +155,12 @@ def transfer(args) -> dict:
     pretrain_s = time.perf_counter() - t
 
     tgt = load_splits(cfg_tgt, seed=seed, progress=False)
+    if args.target_per_class:  # the few-trial case: K random training trials per class of the target
+        rng = np.random.default_rng(seed)
+        keep = np.zeros(len(tgt.train), bool)
+        for c in (0, 1):
+            keep[rng.permutation(np.flatnonzero(tgt.train.y == c))[:args.target_per_class]] = True
+        tgt = dataclasses.replace(tgt, train=tgt.train.subset(keep))
     real_csp = M.csp_lda_accuracy(tgt.train.X, tgt.train.y, tgt.test.X, tgt.test.y)
     # At least 100 per class: a single target subject has ~12 training trials per class, too few
     # for a band-power estimate that is not mostly sampling noise.
@@ -316,6 +325,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip", action="append", default=[], choices=("pretrained", "scratch"),
                    help="transfer: leave out a branch")
     p.add_argument("--results", help="transfer: JSON file name under bench/results (default gan_transfer.json)")
+    p.add_argument("--target-per-class", type=int, default=0,
+                   help="transfer: train on only K random target training trials per class (0: all)")
     p.add_argument("--per-class-transfer", type=int, default=100,
                    help="transfer: generated trials per class at each check (at least the training count)")
     p.add_argument("--quiet", action="store_true")
