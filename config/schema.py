@@ -71,10 +71,10 @@ def _channels_check(v):
 
 def _reinit_check(v):
     if isinstance(v, str):
-        return None if v == "auto" else "must be 'auto', a list of 'critic' / 'output', or null"
-    bad = [p for p in v if p not in ("critic", "output")]
+        return None if v == "auto" else "must be 'auto', a list of 'critic' / 'output' / 'class', or null"
+    bad = [p for p in v if p not in ("critic", "output", "class")]
     if not v or bad:
-        return f"lists {json.dumps(bad[0]) if bad else 'nothing'}; the parts are 'critic' and 'output'"
+        return f"lists {json.dumps(bad[0]) if bad else 'nothing'}; the parts are 'critic', 'output' and 'class'"
     return None
 
 
@@ -208,8 +208,9 @@ SCHEMA: dict[str, Any] = {
         "cls_weight": _float(1.0, "weight of the frozen-classifier loss on generated trials", lo=0),
         "reinit": Spec((str, list), "auto", "parts of the pretrained GAN restarted on the target data before "
                        "fine-tuning: critic (a fresh critic), output (the generator's spatial mixing, per-trial "
-                       "gain and calibration, from the target trials); auto: both when the pretrained GAN was "
-                       "trained on other subjects than the target, none when only the task differs; null: none",
+                       "gain and calibration, from the target trials), class (a fresh class embedding); auto: all "
+                       "three when the pretrained GAN was trained on other subjects than the target, none when "
+                       "only the task differs; null: none",
                        nullable=True, check=_reinit_check),
     },
     "source": {

@@ -48,7 +48,7 @@ def check_matches(what: str, meta: dict, train, representation: str) -> None:
                         f"for {representation!r}")
 
 
-REINIT_PARTS = ("critic", "output")
+REINIT_PARTS = ("critic", "output", "class")
 
 
 def training_subjects(info: dict) -> list | None:
@@ -58,11 +58,10 @@ def training_subjects(info: dict) -> list | None:
 
 
 def resolve_reinit(setting, pretrained_info: dict, target_info: dict) -> list[str]:
-    """`finetune.reinit` as parts to restart. "auto": restart the critic and the output stages when the
-    pretrained GAN was trained on other subjects than the target (or its subjects are unknown), keep
-    everything when only the task differs. Measured (README, "Transfer, session 4"): on a new subject
-    the pretrained critic and output stages cost class structure; on the same subjects, restarting them
-    cost a few points of train-on-synthetic accuracy."""
+    """`finetune.reinit` as parts to restart. "auto": restart the critic, the output stages and the class
+    embedding when the pretrained GAN was trained on other subjects than the target (or its subjects are
+    unknown), keep everything when only the task differs. Measured (README, "Transfer, session 4"): on a
+    new subject the kept parts cost class structure; on the same subjects, restarting bought nothing."""
     if setting == "auto":
         source, target = training_subjects(pretrained_info), training_subjects(target_info)
         return [] if source is not None and source == target else list(REINIT_PARTS)
@@ -77,13 +76,17 @@ def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_s
     source's real trials from generated ones; on another subject its first, large gradients pull the
     generator back towards the source. "output": the generator's data-dependent output stages
     (spatial mixing, per-trial gain, spectral calibration) re-initialised from the target trials, as
-    a fresh generator's are; GPT-2, the class embedding and the head (the temporal model) are kept.
+    a fresh generator's are. "class": a fresh class embedding; the pretrained one encodes the source
+    subjects' left/right difference, which is not the target's, and the target's has to be learned
+    from its own trials either way. GPT-2 and the head (the temporal model) are always kept.
     """
     parts = set(parts or ())
     with torch.no_grad():
         if "output" in parts:
             generator.init_from_data(torch.as_tensor(X_target_std), gain_spread)
             generator.calibration.fill_(1.0)
+        if "class" in parts:
+            generator.class_embedding.reset_parameters()
         if "critic" in parts:
             critic.load_state_dict(type(critic)(critic.config).state_dict())
 

@@ -63,7 +63,7 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path, text, needles):
     ('{"classifier": {"dropout": 1.5}}', ("'classifier.dropout'", "maximum")),
     ('{"classifier": {"architecture": "resnet"}}', ("'classifier.architecture'", "not one of")),
     ('{"classifier": {"patience": 0}}', ("'classifier.patience'", "minimum")),
-    ('{"finetune": {"reinit": ["critic", "head"]}}', ("'finetune.reinit'", '"head"', "'critic' and 'output'")),
+    ('{"finetune": {"reinit": ["critic", "head"]}}', ("'finetune.reinit'", '"head"', "'output' and 'class'")),
     ('{"finetune": {"reinit": "always"}}', ("'finetune.reinit'", "'auto'")),
     ('[1, 2]', ("expected a JSON object",)),
 ])

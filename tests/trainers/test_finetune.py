@@ -127,6 +127,7 @@ def test_reinit_restarts_the_critic_and_the_output_stages_on_the_target():
     assert all(torch.equal(v, d.state_dict()[k]) for k, v in critic_before.items())
 
     rng = torch.get_rng_state()
+    embedding_before = g.class_embedding.weight.detach().clone()
     restart_on_target(g, d, ["critic", "output"], tgt.numpy(), 0.5)
     fresh, _ = gan.build_models(cfg, 5, 64, 160.0, X_init=tgt)
     assert torch.allclose(g.spatial, fresh.spatial) and torch.allclose(g.gain.weight, fresh.gain.weight)
@@ -136,6 +137,10 @@ def test_reinit_restarts_the_critic_and_the_output_stages_on_the_target():
     new_critic = type(d)(d.config).state_dict()  # what a fresh critic is, from the same RNG state
     assert all(torch.equal(v, d.state_dict()[k]) for k, v in new_critic.items())
     assert not all(torch.equal(v, d.state_dict()[k]) for k, v in critic_before.items())
+    assert torch.equal(g.class_embedding.weight, embedding_before)  # only the parts asked for
+    restart_on_target(g, d, ["class"], tgt.numpy(), 0.5)
+    assert not torch.equal(g.class_embedding.weight, embedding_before)
+    assert all(torch.equal(v, g.transformer.state_dict()[k]) for k, v in body.items())
     assert torch.isfinite(d(tgt[:4], torch.tensor([0, 1, 0, 1]))).all()
 
 
@@ -144,8 +149,8 @@ def test_auto_reinit_restarts_only_for_other_subjects():
 
     run = {"split": "run", "subjects": [1, 2, 3]}
     assert resolve_reinit("auto", run, {"split": "run", "subjects": [3, 2, 1]}) == []
-    assert resolve_reinit("auto", run, {"split": "run", "subjects": [9]}) == ["critic", "output"]
+    assert resolve_reinit("auto", run, {"split": "run", "subjects": [9]}) == ["critic", "output", "class"]
     assert resolve_reinit("auto", {"split": "subject", "train_subjects": [1, 2], "test_subjects": [3]},
                           {"split": "run", "subjects": [1, 2]}) == []
-    assert resolve_reinit("auto", {}, run) == ["critic", "output"]  # unknown source: restart
+    assert resolve_reinit("auto", {}, run) == ["critic", "output", "class"]  # unknown source: restart
     assert resolve_reinit(["critic"], run, run) == ["critic"] and resolve_reinit(None, run, {}) == []
