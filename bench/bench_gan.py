@@ -150,8 +150,8 @@ def transfer(args) -> dict:
     if args.reuse_pretrain and (pre_dir / "generator.safetensors").is_file():
         print(f"reusing the pretrained networks in {pre_dir}")
     else:
-        tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d, progress=not args.quiet,
-               meta_extra={"data": src.info})
+        tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d,
+                   progress=not args.quiet, meta_extra={"data": src.info})
     pretrain_s = time.perf_counter() - t
 
     tgt = load_splits(cfg_tgt, seed=seed, progress=False)
