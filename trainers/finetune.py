@@ -149,7 +149,7 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
                   "pretrained_from": str(bundle.folder) if bundle is not None else None,
                   "classifier_from": str(cfg["pretrained_classifier_path"]),
                   "classifier_architecture": cmeta["architecture"],
-                  "finetune_reinit": reinit if bundle is not None else None}
+                  "finetune_reinit": reinit}
     summary = fit_gan(cfg, round_dir, device, seed, resume, splits, standardizer, generator, critic,
                       extra_loss=extra, meta_extra=meta_extra, adv_weight=cfg["finetune"]["adv_weight"])
     if dist.is_main():

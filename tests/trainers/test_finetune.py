@@ -154,3 +154,26 @@ def test_auto_reinit_restarts_only_for_other_subjects():
                           {"split": "run", "subjects": [1, 2]}) == []
     assert resolve_reinit("auto", {}, run) == ["critic", "output", "class"]  # unknown source: restart
     assert resolve_reinit(["critic"], run, run) == ["critic"] and resolve_reinit(None, run, {}) == []
+
+
+def test_fine_tuning_on_another_subject_restarts_and_resumes_exactly(assets, tmp_path, monkeypatch):
+    """auto on a GAN pretrained on subject 1, fine-tuned on subject 2: critic, output stages and class
+    embedding restarted, recorded, and a resumed run still ends bit-identical to a straight one."""
+    import torch
+    from safetensors.torch import load_file
+
+    _, _, runs = assets
+    args = ["model_name=gpt2xcnn", f"pretrained_finetune_path={runs['gan']}",
+            f"pretrained_classifier_path={runs['shallow']}", "data.subjects=[2]"]
+    for sub in ("a", "c"):
+        (tmp_path / sub).mkdir()
+    assert finetune(assets, tmp_path / "a", monkeypatch, *args, "epochs=2") == 0
+    a = tmp_path / "a" / "checkpoints" / "gpt2xcnn" / "latest"
+    assert json.loads((a / "gan.json").read_text())["finetune_reinit"] == ["critic", "output", "class"]
+    assert finetune(assets, tmp_path / "c", monkeypatch, *args, "epochs=1") == 0
+    c = (tmp_path / "c" / "checkpoints" / "gpt2xcnn" / "latest").resolve()
+    (c / "round_summary.json").unlink()  # as if the run had stopped after its epoch-1 checkpoint
+    assert main.main(["--mode", "training", "--resume", str(c), "--set", "epochs=2"]) == 0
+    for name in ("generator", "critic"):
+        wa, wc = load_file(str(a / f"{name}.safetensors")), load_file(str(c / f"{name}.safetensors"))
+        assert all(torch.equal(wa[k], wc[k]) for k in wa), name
