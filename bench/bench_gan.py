@@ -35,8 +35,8 @@ ones (the session drift no generator of the training data can remove). With --re
 N it also reports the evaluation module's CNN and CSP+LDA trained on N fresh generated sets (and
 the CNN trained on the real pool with the same seeds), mean and std.
 
-Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json or
-gan_quality.json.
+Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
+curves drawn in gan_transfer.png) or gan_quality.json.
 """
 from __future__ import annotations
 
@@ -245,6 +245,36 @@ def transfer(args) -> dict:
             "frechet_floor": frechet_floor, **results}
 
 
+def plot_transfer(res: dict, path: Path) -> None:
+    """Both curves of a transfer run, one panel per quality number."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("tstr_csp", "train-on-synthetic CSP+LDA"), ("band_error", "band-power error vs held-out run"),
+              ("band_error_vs_train", "band-power error vs training trials"), ("frechet", "Frechet distance"),
+              ("moment_loss", "moment loss (training objective)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    fig.subplots_adjust(left=0.04, right=0.99, top=0.82, bottom=0.16, wspace=0.3)
+    for ax, (key, title) in zip(axes, panels):
+        for name, color in (("pretrained", "tab:red"), ("scratch", "tab:blue")):
+            pts = [(q["epoch"], q[key]) for q in res.get(name, {}).get("curve", []) if q.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=color, label=name)
+        if key == "tstr_csp":
+            ax.axhline(res["real_trained_csp"], color="k", ls="--", lw=0.8, label="real-trained")
+        if key == "frechet" and "frechet_floor" in res:
+            ax.axhline(res["frechet_floor"], color="k", ls=":", lw=0.8, label="real floor")
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("target epoch")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"transfer: source {' '.join(res.get('source_overrides', []))}; target {res.get('target_train_trials')} "
+                 "training trials; generators calibrated on the target at every check", fontsize=9)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def quality(args) -> dict:
     """Quick quality of a finished GAN run against the real held-out trials of its config's data."""
     import json as _json
@@ -377,6 +407,8 @@ def main(argv=None) -> int:
             print(f"{epoch:5d} {steps:7d} | " + " | ".join(
                 f"{a.get(k) or float('nan'):{w + 4}.{d}f} {b.get(k) or float('nan'):{w + 4}.{d}f}" for _, k, w, d in cols))
         path = RESULTS / (args.results or "gan_transfer.json")
+        plot_transfer(res, path.with_suffix(".png"))
+        print(f"wrote {path.with_suffix('.png')}")
     path.write_text(json.dumps(res, indent=2))
     print(f"wrote {path}")
     return 0
