@@ -40,6 +40,9 @@ BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": 
 STAT_BANDS = {**BANDS, "broad": (0.0, float("inf"))}
 CLASS_NAMES = ("left", "right")
 MOTOR_TRIO = ("C3", "Cz", "C4")
+# Below this many generator updates a run is warned: on S007 (24 trials, one update an epoch) the
+# class structure formed between 50 and 150 updates (README, "Transfer, session 4").
+MIN_GENERATOR_UPDATES = 100
 
 
 # --- spectral statistics and the objectives built on them -------------------------------------
@@ -383,6 +386,11 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     n = len(train)
     bs = cfg["batch_size"]
     n_batches = -(-n // bs)
+    updates = cfg["epochs"] * n_batches // g_cfg["critic_steps"]
+    if main and updates < MIN_GENERATOR_UPDATES:
+        print(f"warning: {n} training trials in batches of {bs} give {updates} generator updates over "
+              f"{cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}; the single-subject runs in the README needed about 100-300 "
+              "(raise epochs)", flush=True)
     epoch = start_epoch
     bar = tqdm(range(start_epoch, cfg["epochs"]), desc=cfg["model_name"], unit="epoch",
                disable=not (progress and main), initial=start_epoch, total=cfg["epochs"])

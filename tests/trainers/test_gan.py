@@ -155,3 +155,9 @@ def test_pooled_calibration_shares_one_response_and_none_leaves_the_generator_al
     freqs = torch.fft.rfftfreq(640, 1 / 160.0)
     band = (freqs >= 6) & (freqs < 36)
     assert gen.calibration[:, :, band].mean().item() == pytest.approx(1.3, rel=0.05)
+
+
+def test_a_run_with_too_few_generator_updates_is_warned(make_cfg, tmp_path, capsys):
+    run(make_cfg, tmp_path / "w", "gan.figure_every=10", "epochs=1")
+    out = capsys.readouterr().out
+    assert "warning:" in out and "generator updates over 1 epoch;" in out and "raise epochs" in out
