@@ -142,14 +142,14 @@ def transfer(args) -> dict:
     t = time.perf_counter()
     seed_everything(seed)
     src = load_splits(cfg_src, pretrain_data_cfg(cfg_src), seed=seed, progress=False)
-    std_src = Standardizer.fit(src.train.X, cfg_src["data"]["normalize"])
-    g, d = tg.build_models(cfg_src, src.train.n_chans, src.train.n_times, src.train.sfreq,
-                           X_init=std_src.transform(src.train.X))
     pre_dir = out / "pretrain"
     pre_dir.mkdir(parents=True, exist_ok=True)
     if args.reuse_pretrain and (pre_dir / "generator.safetensors").is_file():
         print(f"reusing the pretrained networks in {pre_dir}")
     else:
+        std_src = Standardizer.fit(src.train.X, cfg_src["data"]["normalize"])
+        g, d = tg.build_models(cfg_src, src.train.n_chans, src.train.n_times, src.train.sfreq,
+                               X_init=std_src.transform(src.train.X))
         tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d,
                    progress=not args.quiet, meta_extra={"data": src.info})
     pretrain_s = time.perf_counter() - t
@@ -173,19 +173,16 @@ def transfer(args) -> dict:
     ev.fixed_classifier()
     r = ev.real
     frechet_floor = M.frechet_distance(ev.features(r.X_a), ev.features(r.X_b))
-    Xtr_std = {}
+    ytr = torch.from_numpy(tgt.train.y.astype(np.int64))
 
-    def quality_at(gen, std, name, epoch, row) -> dict:
+    def quality_at(gen, std, Xtr, epoch, row) -> dict:
         """The generator as a user would get it if training stopped here: calibrated on the target
         training trials (gan.calibrate), then scored. The raw band error is the uncalibrated one."""
         fake, yf = tg.generate(gen, n_gen, seed + 1, "cpu")
         raw = M.band_power_errors(std.inverse(fake.numpy()), yf.numpy(), tgt.test.X, tgt.test.y, tgt.train.sfreq,
                                   tgt.train.ch_names)["mean_abs"]
         gen = copy.deepcopy(gen)
-        if name not in Xtr_std:
-            Xtr_std[name] = torch.from_numpy(std.transform(tgt.train.X))
-        tg.calibrate_spectrum(gen, Xtr_std[name], torch.from_numpy(tgt.train.y.astype(np.int64)), tgt.train.sfreq,
-                              cfg_tgt["gan"]["calibrate"], seed + 2, "cpu")
+        tg.calibrate_spectrum(gen, Xtr, ytr, tgt.train.sfreq, cfg_tgt["gan"]["calibrate"], seed + 2, "cpu")
         fake, yf = tg.generate(gen, n_gen, seed + 1, "cpu")
         Xg, yg = std.inverse(fake.numpy()), yf.numpy()
         bp = M.band_power_errors(Xg, yg, tgt.test.X, tgt.test.y, tgt.train.sfreq, tgt.train.ch_names)
@@ -199,14 +196,15 @@ def transfer(args) -> dict:
                 "mu_lat_C3_db": lat.get("C3"), "mu_lat_C4_db": lat.get("C4"),
                 "moment_loss": row.get("moment_loss"), "contrast_loss": row.get("contrast_loss")}
 
-    def curve(name, std):
+    def curve(name, std, Xtr):
+        """Xtr: the target training trials in the branch's generator units (std)."""
         rows = []
 
         def on_epoch(epoch, gen, row):
             if epoch % args.every and epoch not in (0, args.epochs):
                 return {}
             with torch.random.fork_rng():  # scoring must not move the training run's RNG
-                q = quality_at(gen, std, name, epoch, row)
+                q = quality_at(gen, std, Xtr, epoch, row)
             rows.append(q)
             print(f"  {name:10s} epoch {epoch:3d}  TSTR {q['tstr_csp']:.3f}  band err {q['band_error']:.3f} "
                   f"(vs train {q['band_error_vs_train']:.3f}, uncalibrated {q['band_error_raw']:.3f})  "
@@ -223,14 +221,15 @@ def transfer(args) -> dict:
             g, d, std = b.generator, b.critic, b.standardizer
             g.train().requires_grad_(True)
             d.train().requires_grad_(True)
+            Xt = std.transform(tgt.train.X)
             reinit = resolve_reinit(cfg_tgt["finetune"]["reinit"], src.info, tgt.info)
-            restart_on_target(g, d, reinit, std.transform(tgt.train.X), cfg_tgt["gan"]["gain_spread"])
+            restart_on_target(g, d, reinit, Xt, cfg_tgt["gan"]["gain_spread"])
             print(f"pretrained networks restarted on the target: {reinit or 'nothing'}")
         else:
             std = Standardizer.fit(tgt.train.X, cfg_tgt["data"]["normalize"])
-            g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq,
-                                   X_init=std.transform(tgt.train.X))
-        rows, cb = curve(name, std)
+            Xt = std.transform(tgt.train.X)
+            g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq, X_init=Xt)
+        rows, cb = curve(name, std, torch.from_numpy(Xt))
         rd = out / name
         rd.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()

@@ -388,9 +388,9 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     n_batches = -(-n // bs)
     updates = cfg["epochs"] * n_batches // g_cfg["critic_steps"]
     if main and updates < MIN_GENERATOR_UPDATES:
-        print(f"warning: {n} training trials in batches of {bs} give {updates} generator updates over "
-              f"{cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}; the single-subject runs in the README needed about 100-300 "
-              "(raise epochs)", flush=True)
+        epochs = f"{cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}"
+        print(f"warning: {n} training trials in batches of {bs} give {updates} generator updates over {epochs}; "
+              "the single-subject runs in the README needed about 100-300 (raise epochs)", flush=True)
     epoch = start_epoch
     bar = tqdm(range(start_epoch, cfg["epochs"]), desc=cfg["model_name"], unit="epoch",
                disable=not (progress and main), initial=start_epoch, total=cfg["epochs"])
