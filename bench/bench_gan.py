@@ -125,7 +125,7 @@ def transfer(args) -> dict:
     from config.schema import load_config
     from data.dataset import Standardizer, load_splits, pretrain_data_cfg
     from trainers.evaluate import Evaluator
-    from trainers.finetune import resolve_reinit, restart_on_target
+    from trainers.finetune import condition_on_subjects, resolve_reinit, restart_on_target, target_subjects
     from trainers.generate import load_generator
     from utils import metrics as M
     from utils.runtime import seed_everything
@@ -149,7 +149,7 @@ def transfer(args) -> dict:
     else:
         std_src = Standardizer.fit(src.train.X, cfg_src["data"]["normalize"])
         g, d = tg.build_models(cfg_src, src.train.n_chans, src.train.n_times, src.train.sfreq,
-                               X_init=std_src.transform(src.train.X))
+                               X_init=std_src.transform(src.train.X), subjects=src.train.subject)
         tg.fit_gan(cfg_src, pre_dir, torch.device("cpu"), seed, False, src, std_src, g, d,
                    progress=not args.quiet, meta_extra={"data": src.info})
     pretrain_s = time.perf_counter() - t
@@ -224,11 +224,13 @@ def transfer(args) -> dict:
             Xt = std.transform(tgt.train.X)
             reinit = resolve_reinit(cfg_tgt["finetune"]["reinit"], src.info, tgt.info)
             restart_on_target(g, d, reinit, Xt, cfg_tgt["gan"]["gain_spread"])
+            condition_on_subjects(g, d, target_subjects(cfg_tgt, tgt.train))
             print(f"pretrained networks restarted on the target: {reinit or 'nothing'}")
         else:
             std = Standardizer.fit(tgt.train.X, cfg_tgt["data"]["normalize"])
             Xt = std.transform(tgt.train.X)
-            g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq, X_init=Xt)
+            g, d = tg.build_models(cfg_tgt, tgt.train.n_chans, tgt.train.n_times, tgt.train.sfreq, X_init=Xt,
+                                   subjects=tgt.train.subject)
         rows, cb = curve(name, std, torch.from_numpy(Xt))
         rd = out / name
         rd.mkdir(parents=True, exist_ok=True)

@@ -199,6 +199,9 @@ SCHEMA: dict[str, Any] = {
                                   "real training trials' log band power (per-trial class signal)", lo=0),
         "gain_spread": _float(0.5, "initial trial-to-trial spread of the generator's per-trial channel gains, as a "
                               "fraction of the real training trials' log-power std (0: gains start at 1)", lo=0),
+        "subject_condition": _bool(False, "condition generator and critic on the subject too (an embedding per "
+                                   "training subject, per-subject band-power and covariance targets); generated "
+                                   "trials are drawn over the subjects in their training proportions"),
         "calibrate": _str("class", "after training, fit a per-channel output magnitude response so the generated "
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, or none", choices=("class", "pooled", "none")),

@@ -8,7 +8,8 @@ Two feature branches are concatenated into one vector h:
   filtered signal in 2 Hz bins between 4 and 40 Hz. Motor imagery lives in band power (mu/beta
   desynchronisation) that a small CNN sees only slowly; this branch shows it directly.
 The score is a projection discriminator (Miyato & Koyama 2018): w.h + b + <embed(y), h>, so the
-class acts through an inner product with the features and the critic cannot ignore it.
+class acts through an inner product with the features and the critic cannot ignore it. With
+`gan.subject_condition` the subject gets its own projection, <embed(subject), h>.
 """
 from __future__ import annotations
 
@@ -25,15 +26,16 @@ class CriticConfig:
     sfreq: float
     width: int = 32
     class_count: int = 2
+    subject_count: int = 0
     spectral: bool = True
     f_lo: float = 4.0
     f_hi: float = 40.0
     bin_hz: float = 2.0
 
     @classmethod
-    def from_config(cls, cfg: dict, n_chans: int, n_times: int, sfreq: float) -> "CriticConfig":
+    def from_config(cls, cfg: dict, n_chans: int, n_times: int, sfreq: float, subject_count: int = 0) -> "CriticConfig":
         return cls(n_chans=n_chans, n_times=n_times, sfreq=float(sfreq), width=cfg["gan"]["critic_width"],
-                   class_count=cfg["class_count"], spectral=cfg["gan"]["spectral_critic"])
+                   class_count=cfg["class_count"], subject_count=subject_count, spectral=cfg["gan"]["spectral_critic"])
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -79,6 +81,16 @@ class Critic(nn.Module):
         self.out = nn.Linear(n_feat, 1)
         self.class_embedding = nn.Embedding(config.class_count, n_feat)
         nn.init.normal_(self.class_embedding.weight, std=0.02)
+        self.set_subject_count(config.subject_count)
+
+    def set_subject_count(self, n: int) -> None:
+        """A fresh subject projection <embed(subject), h> for n subjects (0: class only)."""
+        if hasattr(self, "subject_embedding"):
+            del self.subject_embedding
+        self.config.subject_count = int(n)
+        if n:
+            self.subject_embedding = nn.Embedding(n, self.n_features, device=self.out.weight.device)
+            nn.init.normal_(self.subject_embedding.weight, std=0.02)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         h = self.temporal(x)
@@ -90,7 +102,13 @@ class Critic(nn.Module):
             feats.append(self.spectral_mlp(logp.flatten(1)))
         return torch.cat(feats, dim=1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x (B, n_chans, n_times) standardized units, y (B,) class -> (B,) scores."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, n_chans, n_times) standardized units, y (B,) class, subject (B,) subject index for a
+        subject-conditioned critic -> (B,) scores."""
         h = self.features(x)
-        return self.out(h).squeeze(1) + (self.class_embedding(y) * h).sum(1)
+        emb = self.class_embedding(y)
+        if self.config.subject_count:
+            if subject is None:
+                raise ValueError("this critic is subject-conditioned: pass subject indices")
+            emb = emb + self.subject_embedding(subject)
+        return self.out(h).squeeze(1) + (emb * h).sum(1)

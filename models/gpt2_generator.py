@@ -42,6 +42,8 @@ class GPT2GeneratorConfig:
     patch_size: int = 16
     condition_size: int = 16
     class_count: int = 2
+    # Subject numbers the generator is conditioned on (gan.subject_condition); None: class only.
+    subjects: list[int] | None = None
     noise_variance: float = 1.0
     vocab_size: int = 1
     n_positions: int = 64
@@ -62,15 +64,22 @@ class GPT2GeneratorConfig:
     h_freq: float | None = None
 
     @classmethod
-    def from_config(cls, cfg: dict, n_chans: int, n_times: int, sfreq: float | None = None) -> "GPT2GeneratorConfig":
+    def from_config(cls, cfg: dict, n_chans: int, n_times: int, sfreq: float | None = None,
+                    subjects: list[int] | None = None) -> "GPT2GeneratorConfig":
         kw = {k: cfg[k] for k in GPT2_KEYS}
         return cls(n_chans=n_chans, n_times=n_times, patch_size=cfg["gan"]["patch_size"],
-                   condition_size=cfg["condition_size"], class_count=cfg["class_count"],
+                   condition_size=cfg["condition_size"], class_count=cfg["class_count"], subjects=subjects,
                    noise_variance=cfg["noise_variance"], sfreq=sfreq, l_freq=cfg["data"]["l_freq"],
                    h_freq=cfg["data"]["h_freq"], **kw)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["subjects"] = None if self.subjects is None else [int(s) for s in self.subjects]
+        return d
+
+    @property
+    def subject_count(self) -> int:
+        return len(self.subjects or ())
 
     @property
     def n_tokens(self) -> int:
@@ -99,6 +108,7 @@ class GPT2Generator(nn.Module):
         gcfg._attn_implementation = "sdpa"
         self.transformer = GPT2Model(gcfg)  # random init; nothing is downloaded
         self.class_embedding = nn.Embedding(config.class_count, config.condition_size)
+        self.set_subjects(config.subjects)
         self.input_proj = nn.Linear(config.n_embd + config.condition_size, config.n_embd)
         self.head = nn.Linear(config.n_embd, config.n_chans * config.patch_size)
         # Depthwise, so each channel keeps its own spectrum; initialised to identity.
@@ -188,10 +198,52 @@ class GPT2Generator(nn.Module):
         z = torch.randn((n,) + self.noise_shape, generator=generator)
         return (z * self.config.noise_variance ** 0.5).to(device)
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """z (B, n_tokens, n_embd) noise, y (B,) class -> (B, n_chans, n_times) standardized units."""
+    def set_subjects(self, subjects: list[int] | None) -> None:
+        """Condition on these subject numbers with a fresh subject embedding (None: class only).
+        The embedding is added to the class embedding: pooled over subjects, the left/right difference
+        is a mixture of each subject's own; conditioned, the generator can model each one."""
+        for name in ("subject_embedding", "subject_weights"):
+            if hasattr(self, name):
+                delattr(self, name)
+        self.config.subjects = None if subjects is None else [int(s) for s in subjects]
+        n = self.config.subject_count
+        if n:
+            device = self.class_embedding.weight.device
+            self.subject_embedding = nn.Embedding(n, self.config.condition_size, device=device)
+            # How often each subject is drawn when sampling (its share of the training trials).
+            self.register_buffer("subject_weights", torch.full((n,), 1.0 / n, device=device))
+
+    def subject_index(self, subjects) -> torch.Tensor:
+        """Subject numbers (array-like) -> indices into the subject embedding."""
+        pos = {int(s): i for i, s in enumerate(self.config.subjects or ())}
+        missing = sorted({int(s) for s in subjects} - set(pos))
+        if missing:
+            raise UserError(f"the generator is conditioned on subjects {sorted(pos)}, the data holds "
+                            f"{', '.join(f'S{s:03d}' for s in missing)} as well")
+        return torch.tensor([pos[int(s)] for s in subjects], dtype=torch.long)
+
+    @torch.no_grad()
+    def set_subject_weights(self, index: torch.Tensor) -> None:
+        """Sampling proportions of the subjects from the training trials' subject indices."""
+        counts = torch.bincount(index, minlength=self.config.subject_count).float()
+        self.subject_weights.copy_(counts / counts.sum())
+
+    def sample_subjects(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Subject indices for n trials, drawn in the training proportions; None without subjects."""
+        if not self.config.subject_count:
+            return None
+        return torch.multinomial(self.subject_weights.cpu(), n, replacement=True, generator=generator)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, n_tokens, n_embd) noise, y (B,) class, subject (B,) subject index when the generator
+        is subject-conditioned -> (B, n_chans, n_times) standardized units."""
         c = self.config
-        cond = self.class_embedding(y)[:, None, :].expand(-1, z.shape[1], -1)
+        cond = self.class_embedding(y)
+        if c.subject_count:
+            if subject is None:
+                raise ValueError("this generator is subject-conditioned: pass subject indices")
+            cond = cond + self.subject_embedding(subject)
+        cond = cond[:, None, :].expand(-1, z.shape[1], -1)
         h = self.transformer(inputs_embeds=self.input_proj(torch.cat([z, cond], dim=-1))).last_hidden_state
         x = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, c.patch_size)
         x = x.permute(0, 2, 1, 3).reshape(z.shape[0], c.n_chans, c.n_times)

@@ -91,6 +91,23 @@ def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_s
             critic.load_state_dict(type(critic)(critic.config).state_dict())
 
 
+def condition_on_subjects(generator, critic, subjects) -> bool:
+    """Make pretrained networks conditioned on the target's training subjects (`subjects`, or None when
+    gan.subject_condition is off). Subject embeddings of other subjects describe nobody in the target
+    data, so they are replaced by fresh ones (kept when the subjects are the same). True if replaced."""
+    subjects = None if subjects is None else sorted({int(s) for s in subjects})
+    if generator.config.subjects == subjects and critic.config.subject_count == len(subjects or ()):
+        return False
+    generator.set_subjects(subjects)
+    critic.set_subject_count(len(subjects or ()))
+    return True
+
+
+def target_subjects(cfg: dict, train) -> list[int] | None:
+    """The subjects a fine-tuned GAN is conditioned on: the target's training subjects, if asked to."""
+    return sorted({int(s) for s in train.subject}) if cfg["gan"]["subject_condition"] else None
+
+
 def load_frozen_classifier(cfg: dict, device):
     from trainers.classifier import load_classifier
 
@@ -140,10 +157,11 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
         critic.train().requires_grad_(True)
         reinit = resolve_reinit(cfg["finetune"]["reinit"], bundle.meta.get("data", {}), splits.info)
         restart_on_target(generator, critic, reinit, standardizer.transform(train.X), cfg["gan"]["gain_spread"])
+        condition_on_subjects(generator, critic, target_subjects(cfg, train))
     else:
         standardizer = Standardizer.fit(train.X, cfg["data"]["normalize"])
         generator, critic = build_models(cfg, train.n_chans, train.n_times, train.sfreq,
-                                         X_init=standardizer.transform(train.X))
+                                         X_init=standardizer.transform(train.X), subjects=train.subject)
     extra = classifier_loss(classifier, standardizer, cmeta["standardizer"], cfg["finetune"]["cls_weight"], device)
     meta_extra = {"fine_tune": cfg["fine_tune"], "data": splits.info,
                   "pretrained_from": str(bundle.folder) if bundle is not None else None,

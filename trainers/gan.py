@@ -58,7 +58,8 @@ class SpectralTargets(torch.nn.Module):
     """
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2,
-                 band_classifier: bool = True, ema_decay: float = 0.9):
+                 band_classifier: bool = True, ema_decay: float = 0.9, subject: torch.Tensor | None = None,
+                 subject_count: int = 0):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -99,6 +100,26 @@ class SpectralTargets(torch.nn.Module):
         self.band_classifier = band_classifier
         if band_classifier:
             self._fit_band_classifier(X, y)
+        # Subject conditioning: the same mean log band power and whitened covariance per (subject,
+        # class) cell. A batch holds one or two trials of a cell, so the generated side is again an
+        # EMA, updated whenever the cell is in the batch.
+        self.subject_count = int(subject_count) if subject is not None else 0
+        if self.subject_count:
+            n_cells = self.subject_count * class_count
+            cell = subject * class_count + y
+            logbp = torch.zeros((n_cells,) + self.logbp_mean.shape[1:])
+            wcov = torch.zeros((n_cells,) + self.wcov.shape[1:])
+            present = torch.zeros(n_cells, dtype=torch.bool)
+            for k in range(n_cells):
+                if (cell == k).sum() >= 1:
+                    st = self._stats(X[cell == k])
+                    logbp[k], wcov[k], present[k] = st["logbp_mean"], self._whitened(st["cov"]), True
+            self.register_buffer("cell_logbp", logbp)
+            self.register_buffer("cell_wcov", wcov)
+            self.register_buffer("cell_present", present)
+            self.register_buffer("ema_cell_logbp", torch.zeros_like(logbp))
+            self.register_buffer("ema_cell_wcov", torch.zeros_like(wcov))
+            self.register_buffer("ema_cell_count", torch.zeros(n_cells))
 
     @staticmethod
     def _inv_sqrt(cov: torch.Tensor) -> torch.Tensor:
@@ -113,14 +134,14 @@ class SpectralTargets(torch.nn.Module):
     def _whitened(self, cov: torch.Tensor) -> torch.Tensor:
         return self.whiten @ cov @ self.whiten
 
-    def _ema(self, name: str, c: int, value: torch.Tensor) -> torch.Tensor:
+    def _ema(self, name: str, c: int, value: torch.Tensor, count: str = "ema_count") -> torch.Tensor:
         """Update the EMA of a generated statistic; returns a tensor equal to the updated EMA whose
         gradient is the batch statistic's (a straight-through estimate with the EMA's low noise)."""
         if not self.training:  # eval mode: plain batch statistics, nothing accumulated
             return value
         buf = getattr(self, name)
         with torch.no_grad():
-            first = self.ema_count[c] == 0
+            first = getattr(self, count)[c] == 0
             buf[c] = value.detach() if first else self.ema_decay * buf[c] + (1 - self.ema_decay) * value.detach()
         return buf[c].clone() + (value - value.detach())
 
@@ -162,9 +183,9 @@ class SpectralTargets(torch.nn.Module):
         return {"logbp_mean": f["logbp"].mean(0), "logbp_std": f["logbp"].std(0), "cov": f["cov"].mean(0),
                 "logpsd": torch.log(f["psd"].mean(0) + 1e-8)}
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """Generated x with labels y -> {"moment", "spectrum", "contrast"} losses (classes with fewer
-        than 2 trials in the batch are skipped)."""
+    def losses(self, x: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None = None) -> dict:
+        """Generated x with labels y (and subject indices) -> {"moment", "spectrum", "contrast",
+        "band_cls", "subject_moment"} losses (classes with fewer than 2 trials in the batch are skipped)."""
         f = self.features(x)
         moment, spectrum, n = x.new_zeros(()), x.new_zeros(()), 0
         means, wcovs = {}, {}
@@ -195,15 +216,29 @@ class SpectralTargets(torch.nn.Module):
         if self.band_classifier:
             logits = f["logbp"].flatten(1) @ self.cls_w + self.cls_b
             band_cls = F.binary_cross_entropy_with_logits(logits, y.float())
+        subject_moment = x.new_zeros(())
+        if self.subject_count and subject is not None:
+            cells = subject * self.logbp_mean.shape[0] + y
+            used = [k for k in torch.unique(cells).tolist() if self.cell_present[k]]
+            for k in used:
+                sel = cells == k
+                lb = self._ema("ema_cell_logbp", k, f["logbp"][sel].mean(0), "ema_cell_count")
+                wc = self._ema("ema_cell_wcov", k, self._whitened(f["cov"][sel].mean(0)), "ema_cell_count")
+                subject_moment = subject_moment + F.mse_loss(lb, self.cell_logbp[k]) \
+                    + (wc - self.cell_wcov[k]).pow(2).sum((-1, -2)).mean() / self.wcov.shape[-1]
+            if self.training:
+                for k in used:
+                    self.ema_cell_count[k] += 1
+            subject_moment = subject_moment / max(len(used), 1)
         return {"moment": moment / max(n, 1), "spectrum": spectrum / max(n, 1), "contrast": contrast,
-                "band_cls": band_cls}
+                "band_cls": band_cls, "subject_moment": subject_moment}
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor,
-                     alpha: torch.Tensor) -> torch.Tensor:
+                     alpha: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
     """E[(||grad_x D(x_hat, y)||_2 - 1)^2], x_hat = alpha * real + (1 - alpha) * fake, per trial."""
     x_hat = (alpha.view(-1, 1, 1) * real + (1 - alpha.view(-1, 1, 1)) * fake).requires_grad_(True)
-    score = critic(x_hat, y)
+    score = critic(x_hat, y) if subject is None else critic(x_hat, y, subject)
     grad, = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
@@ -312,18 +347,23 @@ def quick_quality(fake: np.ndarray, y_fake: np.ndarray, real: np.ndarray, y_real
 
 # --- the training loop shared by gpt2cgan and the fine-tuning trainers -------------------------
 
-def generate(generator, n_per_class: int, seed: int, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """2 * n_per_class trials (standardized units) from a private RNG: labels 0...0 1...1."""
+def generate(generator, n_per_class: int, seed: int, device, batch_size: int = 256, return_subjects: bool = False):
+    """2 * n_per_class trials (standardized units) from a private RNG: labels 0...0 1...1. With
+    return_subjects, also the subject number of every trial (None unless subject-conditioned)."""
     g = torch.Generator().manual_seed(seed)
     gen = generator.module if hasattr(generator, "module") else generator
     y = torch.arange(2).repeat_interleave(n_per_class)
     z = gen.sample_noise(len(y), generator=g)
+    s = gen.sample_subjects(len(y), generator=g)  # subject-conditioned: subjects in training proportions
     was = gen.training
     gen.eval()
     with torch.no_grad():
-        out = torch.cat([gen(z[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).cpu()
+        out = torch.cat([gen(z[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+                             None if s is None else s[i:i + batch_size].to(device)).cpu()
                          for i in range(0, len(y), batch_size)])
     gen.train(was)
+    if return_subjects:
+        return out, y, None if s is None else torch.tensor(gen.config.subjects)[s]
     return out, y
 
 
@@ -344,8 +384,13 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     train = splits.train
     Xtr = torch.from_numpy(standardizer.transform(train.X))
     ytr = torch.from_numpy(train.y.astype(np.int64))
+    # Subject-conditioned networks (gan.subject_condition): each trial's index into the embeddings.
+    str_ = generator.subject_index(train.subject) if generator.config.subject_count else None
+    if str_ is not None:
+        generator.set_subject_weights(str_)
     targets = SpectralTargets(Xtr, ytr, train.sfreq, cfg["class_count"],
-                              band_classifier=g_cfg["band_cls_weight"] > 0, ema_decay=g_cfg["contrast_ema"]).to(device)
+                              band_classifier=g_cfg["band_cls_weight"] > 0, ema_decay=g_cfg["contrast_ema"],
+                              subject=str_, subject_count=generator.config.subject_count).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     lr_g = g_cfg["lr_generator"] if g_cfg["lr_generator"] is not None else cfg["learning_rate"]
     lr_c = g_cfg["lr_critic"] if g_cfg["lr_critic"] is not None else cfg["learning_rate"]
@@ -367,13 +412,15 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     n_mon = cfg["random_vector_num"]
     z_mon = generator.sample_noise(n_mon, generator=gmon).repeat(2, 1, 1)
     y_mon = torch.arange(2).repeat_interleave(n_mon)
+    s_mon = generator.sample_subjects(n_mon, generator=gmon)
+    s_mon = None if s_mon is None else s_mon.repeat(2).to(device)
     fig_real_idx = np.concatenate([np.flatnonzero(train.y == c)[:cfg["example_to_generate"]] for c in range(2)])
 
     def monitor(epoch: int) -> dict:
         gen = G.module if hasattr(G, "module") else G
         gen.eval()
         with torch.no_grad():
-            fake = standardizer.inverse(gen(z_mon.to(device), y_mon.to(device)).cpu().numpy())
+            fake = standardizer.inverse(gen(z_mon.to(device), y_mon.to(device), s_mon).cpu().numpy())
         gen.train()
         if epoch % g_cfg["figure_every"] == 0 or epoch == cfg["epochs"]:
             render_figures(round_dir / "figures", epoch, fake, y_mon.numpy(), train.X[fig_real_idx],
@@ -410,7 +457,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                     continue  # already done before the resume / DDP: a last batch smaller than the world
                 step = epoch * n_batches + b  # global critic-step index: a pure function of (epoch, b)
                 with autocast(cfg, device):  # training.bf16 on CUDA; nothing on CPU
-                    step_metrics = _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx,
+                    step_metrics = _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, str_, idx,
                                                dist.local_slice(len(idx)), device,
                                                extra_loss, epoch, b, (step + 1) % cfg["gan"]["critic_steps"] == 0)
                 for k, v in step_metrics.items():
@@ -519,20 +566,22 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     return 1.0
 
 
-def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx, local, device, extra_loss, epoch, b,
+def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, str_, idx, local, device, extra_loss, epoch, b,
                 generator_step: bool) -> dict:
-    """One critic update on this real batch; and, every gan.critic_steps batches, one generator update."""
+    """One critic update on this real batch; and, every gan.critic_steps batches, one generator update.
+    str_: the training trials' subject indices for subject-conditioned networks, else None."""
     gan = cfg["gan"]
     gen = G.module if hasattr(G, "module") else G
     real, y = Xtr[idx][local].to(device), ytr[idx][local].to(device)
+    cond = (y,) if str_ is None else (y, str_[idx][local].to(device))  # fakes get the real batch's labels
     # Noise and interpolation weights for the GLOBAL batch from the global RNG, then sliced:
     # every rank draws the same numbers, so DDP and one process see the same step.
     z = gen.sample_noise(len(idx))[local].to(device)
     alpha = torch.rand(len(idx))[local].to(device)
     with torch.no_grad():
-        fake = G(z, y)
-    d_real, d_fake = D(real, y).mean(), D(fake, y).mean()
-    gp = gradient_penalty(D, real, fake, y, alpha)
+        fake = G(z, *cond)
+    d_real, d_fake = D(real, *cond).mean(), D(fake, *cond).mean()
+    gp = gradient_penalty(D, real, fake, *cond[:1], alpha, *cond[1:])
     loss_d = d_fake - d_real + gan["gp_weight"] * gp
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
@@ -543,11 +592,12 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx, local, device, 
         return out
 
     z = gen.sample_noise(len(idx))[local].to(device)
-    fake = G(z, y)
-    adv = -D(fake, y).mean()
-    terms = targets.losses(fake, y)
-    loss_g = gan["adv_weight"] * adv + gan["moment_weight"] * terms["moment"] + gan["psd_weight"] * terms["spectrum"] \
-        + gan["contrast_weight"] * terms["contrast"] + gan["band_cls_weight"] * terms["band_cls"]
+    fake = G(z, *cond)
+    adv = -D(fake, *cond).mean()
+    terms = targets.losses(fake, *cond)
+    loss_g = gan["adv_weight"] * adv + gan["moment_weight"] * (terms["moment"] + terms["subject_moment"]) \
+        + gan["psd_weight"] * terms["spectrum"] + gan["contrast_weight"] * terms["contrast"] \
+        + gan["band_cls_weight"] * terms["band_cls"]
     if extra_loss is not None:
         extra, extra_metrics = extra_loss(fake, y)
         loss_g = loss_g + extra
@@ -558,7 +608,8 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, idx, local, device, 
     check_finite(loss_g.item(), "generator loss", epoch + 1, b)
     out.update(generator_loss=loss_g.item(), adversarial_loss=adv.item(), moment_loss=terms["moment"].item(),
                spectrum_loss=terms["spectrum"].item(), contrast_loss=terms["contrast"].item(),
-               band_cls_loss=terms["band_cls"].item())
+               band_cls_loss=terms["band_cls"].item(),
+               **({"subject_moment_loss": terms["subject_moment"].item()} if str_ is not None else {}))
     return out
 
 
@@ -575,13 +626,15 @@ def _evaluate(round_dir: Path, cfg: dict, device) -> dict:
 # --- gpt2cgan entry point ------------------------------------------------------------------------
 
 def build_models(cfg: dict, n_chans: int, n_times: int, sfreq: float,
-                 X_init: np.ndarray | None = None) -> tuple[GPT2Generator, Critic]:
+                 X_init: np.ndarray | None = None, subjects=None) -> tuple[GPT2Generator, Critic]:
     """Fresh generator and critic. X_init: training trials in generator units (standardized) for the
-    generator's data-dependent initialisation (`GPT2Generator.init_from_data`)."""
-    gen = GPT2Generator(GPT2GeneratorConfig.from_config(cfg, n_chans, n_times, sfreq))
+    generator's data-dependent initialisation (`GPT2Generator.init_from_data`). subjects: the training
+    subjects, used when gan.subject_condition is on."""
+    subjects = sorted({int(s) for s in subjects}) if cfg["gan"]["subject_condition"] and subjects is not None else None
+    gen = GPT2Generator(GPT2GeneratorConfig.from_config(cfg, n_chans, n_times, sfreq, subjects))
     if X_init is not None:
         gen.init_from_data(torch.as_tensor(X_init), cfg["gan"]["gain_spread"])
-    crit = Critic(CriticConfig.from_config(cfg, n_chans, n_times, sfreq))
+    crit = Critic(CriticConfig.from_config(cfg, n_chans, n_times, sfreq, len(subjects or ())))
     return gen, crit
 
 
@@ -590,6 +643,6 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
     splits = load_splits(cfg, pretrain_data_cfg(cfg), seed=seed, progress=dist.is_main())
     standardizer = Standardizer.fit(splits.train.X, cfg["data"]["normalize"])
     generator, critic = build_models(cfg, splits.train.n_chans, splits.train.n_times, splits.train.sfreq,
-                                     X_init=standardizer.transform(splits.train.X))
+                                     X_init=standardizer.transform(splits.train.X), subjects=splits.train.subject)
     return fit_gan(cfg, round_dir, device, seed, resume, splits, standardizer, generator, critic,
                    meta_extra={"data": {**splits.info, "source": pretrain_data_cfg(cfg)}})

@@ -2,7 +2,8 @@
 
 `python main.py --mode generate --checkpoint RUN_DIR [--n N] [--out PATH]` writes N trials per
 class to `<out>/generated-epo.fif` (event_id {"left": 0, "right": 1}, the training channels,
-sfreq and standard montage, volts) and `<out>/generated.npz` (X, y, sfreq, ch_names). `--out`
+sfreq and standard montage, volts) and `<out>/generated.npz` (X, y, sfreq, ch_names, and `subject` for
+a subject-conditioned generator). `--out`
 defaults to `<run>/generated/`; a path ending in `-epo.fif` names the FIF file itself.
 """
 from __future__ import annotations
@@ -107,10 +108,15 @@ class GeneratorBundle:
 
     def sample_native(self, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Trials in the generator's own space: sensors (volts), or ROI source values for source runs."""
+        X, y, _ = self.sample_native_subjects(n_per_class, seed)
+        return X, y
+
+    def sample_native_subjects(self, n_per_class: int, seed: int):
+        """`sample_native` plus the subject number of every trial (None unless subject-conditioned)."""
         from trainers.gan import generate
 
-        Z, y = generate(self.generator, int(n_per_class), int(seed), self.device)
-        return self.standardizer.inverse(Z.numpy()), y.numpy().astype(np.int64)
+        Z, y, s = generate(self.generator, int(n_per_class), int(seed), self.device, return_subjects=True)
+        return self.standardizer.inverse(Z.numpy()), y.numpy().astype(np.int64), None if s is None else s.numpy()
 
 
 def load_generator(run_dir, device="cpu", with_critic: bool = False) -> GeneratorBundle:
@@ -177,10 +183,10 @@ def main(args) -> int:
         fif.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {fif.parent}: not writable ({e.strerror or e})") from None
-    X, y = bundle.sample_native(n, bundle.cfg["seed"])
-    extra = {}
+    X, y, subject = bundle.sample_native_subjects(n, bundle.cfg["seed"])
+    extra = {} if subject is None else {"subject": subject}  # subject-conditioned: whom each trial imitates
     if bundle.projection is not None:  # sensor epochs projected from the ROI sources, plus the sources
-        extra = {"sources": X, "source_names": np.array(bundle.projection.source_names),
+        extra = {**extra, "sources": X, "source_names": np.array(bundle.projection.source_names),
                  "source_pos": bundle.projection.source_pos}
         X = bundle.projection.to_sensors(X)
     ep = to_epochs(X, y, bundle.ch_names, bundle.sfreq, bundle.cfg["data"]["tmin"],

@@ -75,3 +75,14 @@ def test_critic_gradient_penalty_runs_end_to_end():
     gp = gradient_penalty(d, torch.randn(2, 4, 160), torch.randn(2, 4, 160), torch.tensor([0, 1]), torch.rand(2))
     gp.backward()
     assert torch.isfinite(gp) and d.out.weight.grad is not None and d.temporal[0].weight.grad.abs().sum() > 0
+
+
+def test_subject_projection_makes_the_score_depend_on_the_subject():
+    torch.manual_seed(0)
+    d = Critic(CriticConfig(n_chans=4, n_times=128, sfreq=128.0, width=8, subject_count=3))
+    x, y = torch.randn(5, 4, 128), torch.zeros(5, dtype=torch.long)
+    with torch.no_grad():
+        d.subject_embedding.weight.normal_()
+    assert not torch.allclose(d(x, y, torch.zeros(5, dtype=torch.long)), d(x, y, torch.full((5,), 2)))
+    d.set_subject_count(0)
+    assert d(x, y).shape == (5,)

@@ -113,3 +113,24 @@ def test_data_initialisation_gives_the_output_the_data_trial_to_trial_power_spre
     real = spread(X)  # log-power std 1.0, channels correlated ~0.8
     assert before[0] < 0.5 * real[0] and before[1] < 0.5
     assert after[0] == pytest.approx(real[0], rel=0.3) and after[1] > 0.6
+
+
+def test_subject_conditioning_changes_the_output_and_draws_training_proportions():
+    torch.manual_seed(0)
+    g = GPT2Generator(tiny(subjects=[3, 7, 9])).eval()
+    z = g.sample_noise(4)
+    y = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="subject-conditioned"):
+        g(z, y)
+    x0, x1 = g(z, y, torch.zeros(4, dtype=torch.long)), g(z, y, torch.full((4,), 2))
+    assert (x0 - x1).abs().mean() > 1e-3 * x0.abs().mean()
+    idx = g.subject_index([7, 7, 7, 9])
+    assert idx.tolist() == [1, 1, 1, 2]
+    with pytest.raises(UserError, match="S004"):
+        g.subject_index([4])
+    g.set_subject_weights(idx)
+    draws = g.sample_subjects(4000, generator=torch.Generator().manual_seed(1))
+    share = torch.bincount(draws, minlength=3).float() / 4000
+    assert share[0] == 0 and abs(share[1] - 0.75) < 0.03  # never a subject without training trials
+    g.set_subjects(None)  # back to class only
+    assert g.sample_subjects(3) is None and not hasattr(g, "subject_embedding") and g(z, y).shape == (4, 5, 64)

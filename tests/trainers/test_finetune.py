@@ -177,3 +177,25 @@ def test_fine_tuning_on_another_subject_restarts_and_resumes_exactly(assets, tmp
     for name in ("generator", "critic"):
         wa, wc = load_file(str(a / f"{name}.safetensors")), load_file(str(c / f"{name}.safetensors"))
         assert all(torch.equal(wa[k], wc[k]) for k in wa), name
+
+
+def test_subject_conditioned_fine_tuning_conditions_on_the_target_subjects():
+    import torch
+
+    from config.schema import apply_overrides, validate
+    from trainers.finetune import condition_on_subjects
+
+    cfg = validate(apply_overrides({}, GAN + ["gan.subject_condition=true", "data.l_freq=null", "data.h_freq=null"]))
+    torch.manual_seed(0)
+    g, d = gan.build_models(cfg, 5, 64, 160.0, subjects=[1, 1, 2, 3])
+    assert g.config.subjects == [1, 2, 3] and d.config.subject_count == 3
+    kept = g.subject_embedding.weight.detach().clone()
+    assert condition_on_subjects(g, d, [3, 2, 1]) is False  # same subjects: the embedding stays
+    assert torch.equal(g.subject_embedding.weight, kept)
+    assert condition_on_subjects(g, d, [9]) is True  # a new subject: fresh embeddings for it alone
+    assert g.config.subjects == [9] and g.subject_embedding.weight.shape[0] == 1
+    assert d.subject_embedding.weight.shape[0] == 1
+    z, y = g.sample_noise(2), torch.tensor([0, 1])
+    assert torch.isfinite(d(g(z, y, torch.zeros(2, dtype=torch.long)), y, torch.zeros(2, dtype=torch.long))).all()
+    assert condition_on_subjects(g, d, None) is True and g.config.subjects is None  # config off: class only
+    assert torch.isfinite(g(z, y)).all()
