@@ -111,9 +111,9 @@ class SpectralTargets(torch.nn.Module):
             wcov = torch.zeros((n_cells,) + self.wcov.shape[1:])
             present = torch.zeros(n_cells, dtype=torch.bool)
             for k in range(n_cells):
-                if (cell == k).sum() >= 1:
-                    st = self._stats(X[cell == k])
-                    logbp[k], wcov[k], present[k] = st["logbp_mean"], self._whitened(st["cov"]), True
+                if (cell == k).any():
+                    f = self.features(X[cell == k])
+                    logbp[k], wcov[k], present[k] = f["logbp"].mean(0), self._whitened(f["cov"].mean(0)), True
             self.register_buffer("cell_logbp", logbp)
             self.register_buffer("cell_wcov", wcov)
             self.register_buffer("cell_present", present)
@@ -591,7 +591,17 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, str_, idx, local, de
     if not generator_step:
         return out
 
-    z = gen.sample_noise(len(idx))[local].to(device)
+    if gan["paired_classes"]:
+        # Each noise vector rendered as both classes (interleaved, so a DDP slice keeps its pairs): the
+        # nuisance variation common to a pair cancels in the class difference the contrast term sees.
+        n_pairs = -(-len(idx) // 2)
+        z = gen.sample_noise(n_pairs).repeat_interleave(2, dim=0)[:len(idx)][local].to(device)
+        y_pair = torch.arange(2).repeat(n_pairs)[:len(idx)]
+        cond = (y_pair[local].to(device),) if str_ is None else \
+            (y_pair[local].to(device), str_[idx][::2].repeat_interleave(2)[:len(idx)][local].to(device))
+        y = cond[0]
+    else:
+        z = gen.sample_noise(len(idx))[local].to(device)
     fake = G(z, *cond)
     adv = -D(fake, *cond).mean()
     terms = targets.losses(fake, *cond)

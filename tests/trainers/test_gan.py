@@ -131,6 +131,34 @@ def test_subject_conditioned_run_records_and_generates_its_subjects(make_cfg, tm
     assert set(d["subject"].tolist()) == {1, 2} and len(d["subject"]) == len(d["y"]) == 80
 
 
+@pytest.mark.parametrize("subjects", [False, True])
+def test_paired_classes_render_each_noise_vector_as_both_classes(subjects):
+    """gan.paired_classes: the generator update sees (z, left), (z, right) pairs with the same noise
+    (and subject), so the class difference of its batch statistics is not noise-driven."""
+    from config.schema import apply_overrides, validate
+
+    cfg = validate(apply_overrides({}, TINY[1:] + ["gan.critic_steps=1", "gan.paired_classes=true",
+                                                   f"gan.subject_condition={str(subjects).lower()}",
+                                                   "data.l_freq=null", "data.h_freq=null"]))
+    torch.manual_seed(0)
+    X, y = torch.randn(10, 3, 64), torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    s = torch.tensor([0, 0, 1, 1, 1, 0, 0, 1, 1, 1])
+    G, D = gan.build_models(cfg, 3, 64, 160.0, subjects=[5, 6] if subjects else None)
+    calls = []
+    forward = G.forward
+    G.forward = lambda z, yy, ss=None: calls.append((z, yy, ss)) or forward(z, yy, ss)
+    targets = gan.SpectralTargets(X, y, 160.0, subject=s if subjects else None, subject_count=2 if subjects else 0)
+    opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    out = gan._train_step(cfg, G, D, opt_g, opt_d, targets, X, y, s if subjects else None, np.arange(9),
+                          slice(None), "cpu", None, 0, 0, True)
+    z, yy, ss = calls[-1]  # the generator update's forward
+    assert len(yy) == 9 and yy.tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0]
+    assert torch.equal(z[0:8:2], z[1:8:2]) and not torch.equal(z[0], z[2])
+    if subjects:
+        assert torch.equal(ss[0:8:2], ss[1:8:2])
+    assert np.isfinite(out["generator_loss"]) and np.isfinite(out["contrast_loss"])
+
+
 def test_linear_schedule_decays_both_rates_to_a_tenth_and_constant_keeps_them():
     assert [round(gan.lr_factor("linear", e, 5), 3) for e in range(5)] == [1.0, 0.775, 0.55, 0.325, 0.1]
     assert {gan.lr_factor("constant", e, 5) for e in range(5)} == {1.0}
