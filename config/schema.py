@@ -199,8 +199,9 @@ SCHEMA: dict[str, Any] = {
                                   "real training trials' log band power (per-trial class signal)", lo=0),
         "gain_spread": _float(0.5, "initial trial-to-trial spread of the generator's per-trial channel gains, as a "
                               "fraction of the real training trials' log-power std (0: gains start at 1)", lo=0),
-        "paired_classes": _bool(False, "generator updates render each noise vector as both classes, so the "
-                                "class difference the contrast term sees is free of the noise-driven variation"),
+        "paired_classes": _bool(True, "generator updates render each noise vector as both classes, so the "
+                                "class difference the contrast term sees is free of the noise-driven variation "
+                                "(false: the real batch's labels, as before session 5)"),
         "subject_condition": _bool(False, "condition generator and critic on the subject too (an embedding per "
                                    "training subject, per-subject band-power and covariance targets); generated "
                                    "trials are drawn over the subjects in their training proportions"),

@@ -5,7 +5,8 @@ Per real batch (trial order from `epoch_order`, labels taken from the real trial
   weights: loss = E[D(fake, y)] - E[D(real, y)] + gp_weight * E[(||grad_x D(x_hat, y)||_2 - 1)^2],
   x_hat = a * real + (1 - a) * fake, a ~ U(0, 1) per trial, real and fake of the same class y;
 - one generator update: adv_weight * -E[D(G(z, y), y)] + moment_weight * moment loss + psd_weight *
-  spectrum loss (+ the fine-tuning trainer's classifier term).
+  spectrum loss + contrast_weight * contrast loss (+ the fine-tuning trainer's classifier term). With
+  `gan.paired_classes` (default) its batch is pairs (z, left), (z, right) sharing the noise.
 
 The moment and spectrum terms compare class-conditional statistics of the generated batch with
 fixed targets computed once from all real training trials (see `SpectralTargets`). They give the
