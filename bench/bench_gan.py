@@ -3,7 +3,7 @@
     python bench/bench_gan.py speed    [--threads N] [--steps 10]
     python bench/bench_gan.py transfer [--threads N] [--pretrain-epochs 30] [--epochs 20] [--every 2]
                                        [--set KEY=VALUE ...] [--source-set KEY=VALUE ...]
-    python bench/bench_gan.py quality RUN_DIR [--repeats 4] [--per-class 150]
+    python bench/bench_gan.py quality RUN_DIR [--repeats 4] [--per-class 150] [--band-per-class 1000]
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
 plus the generator update every gan.critic_steps batches) on random trials of the default data
@@ -31,7 +31,10 @@ quality: TSTR (CSP+LDA trained on generated trials, tested on the real held-out 
 same classifier trained on real trials, mu/beta power errors at C3/Cz/C4, mu lateralisation and
 the nearest-neighbour distance ratio (utils/metrics.py) for one finished GAN run; the band power
 also against the generator's own training trials, and the training trials against the held-out
-ones (the session drift no generator of the training data can remove). With --repeats
+ones (the session drift no generator of the training data can remove). Band power and lateralisation
+are also reported on --band-per-class generated trials per class (`*_n` keys): with a realistic
+trial-to-trial spread the class-mean power of ~120 trials moves by several percent from one generated
+set to the next, and a generator's class means are what the target is about. With --repeats
 N it also reports the evaluation module's CNN and CSP+LDA trained on N fresh generated sets (and
 the CNN trained on the real pool with the same seeds), mean and std.
 
@@ -297,6 +300,17 @@ def quality(args) -> dict:
     # The same against the generator's own training trials: separates how faithful the generator
     # is from how far the held-out session has drifted from the training sessions.
     bp_tr = M.band_power_errors(Xg, yg, sp.train.X, sp.train.y, b.sfreq, b.ch_names)
+    Xn, yn = b.sample(args.band_per_class, seed=321)
+    bp_n = M.band_power_errors(Xn, yn, sp.test.X, sp.test.y, b.sfreq, b.ch_names)
+    lat_n = M.lateralization(Xn, yn, b.sfreq, b.ch_names)
+    # Per subject: how many show the textbook signs (C3 < 0 < C4) in the training and held-out runs.
+    subj = {}
+    for name, part in (("train", sp.train), ("test", sp.test)):
+        lats = [M.lateralization(part.X[part.subject == s_], part.y[part.subject == s_], b.sfreq, b.ch_names)
+                for s_ in np.unique(part.subject)]
+        for ch, sign in (("C3", -1), ("C4", 1)):
+            if lats and ch in lats[0]:
+                subj[f"mu_lat_{ch}_{name}_subjects_textbook_sign"] = f"{sum(sign * d[ch] > 0 for d in lats)}/{len(lats)}"
     lat_tr = M.lateralization(sp.train.X, sp.train.y, b.sfreq, b.ch_names)
     drift = M.band_power_errors(sp.train.X, sp.train.y, sp.test.X, sp.test.y, b.sfreq, b.ch_names)
     def worst(errs: dict) -> float:  # largest |relative error| over the band x class x channel cells
@@ -310,7 +324,9 @@ def quality(args) -> dict:
             "band_power_vs_train_mean_abs_rel_err": bp_tr["mean_abs"],
             "band_power_vs_train_max_abs_rel_err": worst(bp_tr),
             "band_power_train_vs_test_max_abs_rel_err": worst(drift),
-            **{f"mu_lat_{k}_train_db": v for k, v in lat_tr.items()},
+            "band_per_class": args.band_per_class, "band_power_mean_abs_rel_err_n": bp_n["mean_abs"],
+            "band_power_max_abs_rel_err_n": worst(bp_n), **{f"mu_lat_{k}_generated_db_n": v for k, v in lat_n.items()},
+            **{f"mu_lat_{k}_train_db": v for k, v in lat_tr.items()}, **subj,
             "nn_ratio": nn["nn_ratio"], "model_name": _json.loads((folder / "gan.json").read_text())["model_name"],
             **(repeated_tstr(b, cfg, args.repeats, args.per_class) if args.repeats else {})}
 
@@ -364,6 +380,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=0,
                    help="quality: also average CNN and CSP train-on-synthetic over N generated sets and seeds")
     p.add_argument("--per-class", type=int, default=150, help="quality --repeats: generated trials per class")
+    p.add_argument("--band-per-class", type=int, default=1000,
+                   help="quality: generated trials per class for the *_n band-power and lateralisation numbers")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:

@@ -386,12 +386,12 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     Xtr = torch.from_numpy(standardizer.transform(train.X))
     ytr = torch.from_numpy(train.y.astype(np.int64))
     # Subject-conditioned networks (gan.subject_condition): each trial's index into the embeddings.
-    str_ = generator.subject_index(train.subject) if generator.config.subject_count else None
-    if str_ is not None:
-        generator.set_subject_weights(str_)
+    s_tr = generator.subject_index(train.subject) if generator.config.subject_count else None
+    if s_tr is not None:
+        generator.set_subject_weights(s_tr)
     targets = SpectralTargets(Xtr, ytr, train.sfreq, cfg["class_count"],
                               band_classifier=g_cfg["band_cls_weight"] > 0, ema_decay=g_cfg["contrast_ema"],
-                              subject=str_, subject_count=generator.config.subject_count).to(device)
+                              subject=s_tr, subject_count=generator.config.subject_count).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     lr_g = g_cfg["lr_generator"] if g_cfg["lr_generator"] is not None else cfg["learning_rate"]
     lr_c = g_cfg["lr_critic"] if g_cfg["lr_critic"] is not None else cfg["learning_rate"]
@@ -458,7 +458,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                     continue  # already done before the resume / DDP: a last batch smaller than the world
                 step = epoch * n_batches + b  # global critic-step index: a pure function of (epoch, b)
                 with autocast(cfg, device):  # training.bf16 on CUDA; nothing on CPU
-                    step_metrics = _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, str_, idx,
+                    step_metrics = _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx,
                                                dist.local_slice(len(idx)), device,
                                                extra_loss, epoch, b, (step + 1) % cfg["gan"]["critic_steps"] == 0)
                 for k, v in step_metrics.items():
@@ -567,14 +567,14 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     return 1.0
 
 
-def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, str_, idx, local, device, extra_loss, epoch, b,
+def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, device, extra_loss, epoch, b,
                 generator_step: bool) -> dict:
     """One critic update on this real batch; and, every gan.critic_steps batches, one generator update.
-    str_: the training trials' subject indices for subject-conditioned networks, else None."""
+    s_tr: the training trials' subject indices for subject-conditioned networks, else None."""
     gan = cfg["gan"]
     gen = G.module if hasattr(G, "module") else G
     real, y = Xtr[idx][local].to(device), ytr[idx][local].to(device)
-    cond = (y,) if str_ is None else (y, str_[idx][local].to(device))  # fakes get the real batch's labels
+    cond = (y,) if s_tr is None else (y, s_tr[idx][local].to(device))  # fakes get the real batch's labels
     # Noise and interpolation weights for the GLOBAL batch from the global RNG, then sliced:
     # every rank draws the same numbers, so DDP and one process see the same step.
     z = gen.sample_noise(len(idx))[local].to(device)
@@ -598,8 +598,8 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, str_, idx, local, de
         n_pairs = -(-len(idx) // 2)
         z = gen.sample_noise(n_pairs).repeat_interleave(2, dim=0)[:len(idx)][local].to(device)
         y_pair = torch.arange(2).repeat(n_pairs)[:len(idx)]
-        cond = (y_pair[local].to(device),) if str_ is None else \
-            (y_pair[local].to(device), str_[idx][::2].repeat_interleave(2)[:len(idx)][local].to(device))
+        cond = (y_pair[local].to(device),) if s_tr is None else \
+            (y_pair[local].to(device), s_tr[idx][::2].repeat_interleave(2)[:len(idx)][local].to(device))
         y = cond[0]
     else:
         z = gen.sample_noise(len(idx))[local].to(device)
@@ -620,7 +620,7 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, str_, idx, local, de
     out.update(generator_loss=loss_g.item(), adversarial_loss=adv.item(), moment_loss=terms["moment"].item(),
                spectrum_loss=terms["spectrum"].item(), contrast_loss=terms["contrast"].item(),
                band_cls_loss=terms["band_cls"].item(),
-               **({"subject_moment_loss": terms["subject_moment"].item()} if str_ is not None else {}))
+               **({"subject_moment_loss": terms["subject_moment"].item()} if s_tr is not None else {}))
     return out
 
 
