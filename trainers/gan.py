@@ -582,7 +582,7 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
     with torch.no_grad():
         fake = G(z, *cond)
     d_real, d_fake = D(real, *cond).mean(), D(fake, *cond).mean()
-    gp = gradient_penalty(D, real, fake, *cond[:1], alpha, *cond[1:])
+    gp = gradient_penalty(D, real, fake, y, alpha, cond[1] if len(cond) > 1 else None)
     loss_d = d_fake - d_real + gan["gp_weight"] * gp
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
