@@ -202,9 +202,10 @@ SCHEMA: dict[str, Any] = {
         "paired_classes": _bool(True, "generator updates render each noise vector as both classes, so the "
                                 "class difference the contrast term sees is free of the noise-driven variation "
                                 "(false: the real batch's labels, as before session 5)"),
-        "subject_condition": _bool(False, "condition generator and critic on the subject too (an embedding per "
-                                   "training subject, per-subject band-power and covariance targets); generated "
-                                   "trials are drawn over the subjects in their training proportions"),
+        "subject_condition": _bool(True, "condition generator and critic on the subject too (an embedding per "
+                                   "training subject, per-subject band-power and covariance targets) when the "
+                                   "training data holds two or more subjects; generated trials are drawn over the "
+                                   "subjects in their training proportions"),
         "calibrate": _str("class", "after training, fit a per-channel output magnitude response so the generated "
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, or none", choices=("class", "pooled", "none")),

@@ -104,8 +104,11 @@ def condition_on_subjects(generator, critic, subjects) -> bool:
 
 
 def target_subjects(cfg: dict, train) -> list[int] | None:
-    """The subjects a fine-tuned GAN is conditioned on: the target's training subjects, if asked to."""
-    return sorted({int(s) for s in train.subject}) if cfg["gan"]["subject_condition"] else None
+    """The subjects a fine-tuned GAN is conditioned on: the target's training subjects, if asked to
+    and there are several (trainers.gan.conditioned_subjects)."""
+    from trainers.gan import conditioned_subjects
+
+    return conditioned_subjects(cfg, train.subject)
 
 
 def load_frozen_classifier(cfg: dict, device):

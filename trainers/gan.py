@@ -355,7 +355,10 @@ def generate(generator, n_per_class: int, seed: int, device, batch_size: int = 2
     gen = generator.module if hasattr(generator, "module") else generator
     y = torch.arange(2).repeat_interleave(n_per_class)
     z = gen.sample_noise(len(y), generator=g)
-    s = gen.sample_subjects(len(y), generator=g)  # subject-conditioned: subjects in training proportions
+    # Subject-conditioned: subjects in training proportions, the same sequence for both classes, so a
+    # generated set's class difference is never a difference of subject mix.
+    s = gen.sample_subjects(n_per_class, generator=g)
+    s = None if s is None else s.repeat(2)
     was = gen.training
     gen.eval()
     with torch.no_grad():
@@ -636,12 +639,19 @@ def _evaluate(round_dir: Path, cfg: dict, device) -> dict:
 
 # --- gpt2cgan entry point ------------------------------------------------------------------------
 
+def conditioned_subjects(cfg: dict, subjects) -> list[int] | None:
+    """The subjects networks are conditioned on: the training trials' subjects when gan.subject_condition
+    is on and there are at least two of them (one subject leaves nothing to tell apart), else None."""
+    found = sorted({int(s) for s in subjects}) if subjects is not None else []
+    return found if cfg["gan"]["subject_condition"] and len(found) > 1 else None
+
+
 def build_models(cfg: dict, n_chans: int, n_times: int, sfreq: float,
                  X_init: np.ndarray | None = None, subjects=None) -> tuple[GPT2Generator, Critic]:
     """Fresh generator and critic. X_init: training trials in generator units (standardized) for the
     generator's data-dependent initialisation (`GPT2Generator.init_from_data`). subjects: the training
     subjects, used when gan.subject_condition is on."""
-    subjects = sorted({int(s) for s in subjects}) if cfg["gan"]["subject_condition"] and subjects is not None else None
+    subjects = conditioned_subjects(cfg, subjects)
     gen = GPT2Generator(GPT2GeneratorConfig.from_config(cfg, n_chans, n_times, sfreq, subjects))
     if X_init is not None:
         gen.init_from_data(torch.as_tensor(X_init), cfg["gan"]["gain_spread"])

@@ -119,6 +119,16 @@ def test_subject_targets_match_each_subjects_own_statistics():
     assert gan.SpectralTargets(X, y, 160.0).losses(X, y)["subject_moment"].item() == 0.0  # off by default
 
 
+def test_subject_conditioning_needs_two_subjects_and_the_key():
+    from config.schema import apply_overrides, validate
+
+    on = validate(apply_overrides({}, ["gan.subject_condition=true"]))
+    off = validate(apply_overrides({}, ["gan.subject_condition=false"]))
+    assert gan.conditioned_subjects(on, np.array([3, 1, 3])) == [1, 3]
+    assert gan.conditioned_subjects(on, np.array([7, 7])) is None  # one subject: nothing to condition on
+    assert gan.conditioned_subjects(off, np.array([3, 1])) is None
+
+
 def test_subject_conditioned_run_records_and_generates_its_subjects(make_cfg, tmp_path):
     _, run_dir = run(make_cfg, tmp_path, "data.subjects=[1,2]", "gan.subject_condition=true", "gan.figure_every=10")
     meta = json.loads((run_dir / "gan.json").read_text())
@@ -129,6 +139,7 @@ def test_subject_conditioned_run_records_and_generates_its_subjects(make_cfg, tm
                       "--out", str(tmp_path / "gen")]) == 0
     d = np.load(tmp_path / "gen" / "generated.npz")
     assert set(d["subject"].tolist()) == {1, 2} and len(d["subject"]) == len(d["y"]) == 80
+    assert d["subject"][d["y"] == 0].tolist() == d["subject"][d["y"] == 1].tolist()  # same subject mix per class
 
 
 @pytest.mark.parametrize("subjects", [False, True])
