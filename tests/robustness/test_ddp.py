@@ -1,4 +1,5 @@
 """Two CPU processes (torchrun, gloo) train like one process with the same global batch."""
+import json
 import os
 import subprocess
 import sys
@@ -16,9 +17,10 @@ CHEAP_EVALUATION = ["evaluation.augment_trials=[5]", "evaluation.augment_seeds=1
 
 
 def gan_args(data_path, cache_dir, out, *extra):
-    # subject 1: 24 training trials, global batch 8 -> 4 per rank, 3 steps per epoch
+    # subjects 1 and 2 (so the default subject conditioning and paired classes are on): 48 training
+    # trials, global batch 8 -> 4 per rank (two left/right pairs), 6 steps per epoch
     sets = [f"data_path={data_path}", f"cache_dir={cache_dir}", f"output_dir={out}", "data.download=false",
-            "model_name=gpt2cgan", "data.subjects=[1]", "epochs=2", "n_embd=16", "n_layer=1", "n_head=2",
+            "model_name=gpt2cgan", "data.subjects=[1,2]", "epochs=2", "n_embd=16", "n_layer=1", "n_head=2",
             "batch_size=8", "gan.critic_steps=2", "gan.critic_width=8", "gan.figure_every=1000",
             "training.num_threads=1", "gan.moment_weight=0", "gan.psd_weight=0", "gan.contrast_weight=0",
             *CHEAP_EVALUATION, *extra]
@@ -40,6 +42,7 @@ def test_two_process_gan_matches_single_process(data_path, cache_dir, tmp_path):
     # one run folder, written by rank 0 only
     runs = list((tmp_path / "ddp" / "gpt2cgan").glob("2*"))
     assert len(runs) == 1 and (runs[0] / "generator.safetensors").is_file()
+    assert json.loads((runs[0] / "gan.json").read_text())["generator"]["subjects"] == [1, 2]
 
     # parameters identical across ranks (generator = model 0, critic = model 1)
     for i in (0, 1):
