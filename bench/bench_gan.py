@@ -128,7 +128,7 @@ def transfer(args) -> dict:
     from config.schema import load_config
     from data.dataset import Standardizer, load_splits, pretrain_data_cfg
     from trainers.evaluate import Evaluator
-    from trainers.finetune import condition_on_subjects, resolve_reinit, restart_on_target, target_subjects
+    from trainers.finetune import adapt_to_target
     from trainers.generate import load_generator
     from utils import metrics as M
     from utils.runtime import seed_everything
@@ -225,9 +225,7 @@ def transfer(args) -> dict:
             g.train().requires_grad_(True)
             d.train().requires_grad_(True)
             Xt = std.transform(tgt.train.X)
-            reinit = resolve_reinit(cfg_tgt["finetune"]["reinit"], src.info, tgt.info)
-            restart_on_target(g, d, reinit, Xt, cfg_tgt["gan"]["gain_spread"])
-            condition_on_subjects(g, d, target_subjects(cfg_tgt, tgt.train))
+            reinit = adapt_to_target(g, d, cfg_tgt, src.info, tgt.info, tgt.train, std)
             print(f"pretrained networks restarted on the target: {reinit or 'nothing'}")
         else:
             std = Standardizer.fit(tgt.train.X, cfg_tgt["data"]["normalize"])

@@ -111,6 +111,17 @@ def target_subjects(cfg: dict, train) -> list[int] | None:
     return conditioned_subjects(cfg, train.subject)
 
 
+def adapt_to_target(generator, critic, cfg: dict, pretrained_info: dict, target_info: dict, train,
+                    standardizer: Standardizer) -> list[str]:
+    """What fine-tuning does to pretrained networks before training on the target trials `train`: the
+    `finetune.reinit` restarts, then subject embeddings for the target's subjects. Returns the parts
+    restarted (recorded as `finetune_reinit`)."""
+    reinit = resolve_reinit(cfg["finetune"]["reinit"], pretrained_info, target_info)
+    restart_on_target(generator, critic, reinit, standardizer.transform(train.X), cfg["gan"]["gain_spread"])
+    condition_on_subjects(generator, critic, target_subjects(cfg, train))
+    return reinit
+
+
 def load_frozen_classifier(cfg: dict, device):
     from trainers.classifier import load_classifier
 
@@ -158,9 +169,7 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
         generator, critic, standardizer = bundle.generator, bundle.critic, bundle.standardizer
         generator.train().requires_grad_(True)
         critic.train().requires_grad_(True)
-        reinit = resolve_reinit(cfg["finetune"]["reinit"], bundle.meta.get("data", {}), splits.info)
-        restart_on_target(generator, critic, reinit, standardizer.transform(train.X), cfg["gan"]["gain_spread"])
-        condition_on_subjects(generator, critic, target_subjects(cfg, train))
+        reinit = adapt_to_target(generator, critic, cfg, bundle.meta.get("data", {}), splits.info, train, standardizer)
     else:
         standardizer = Standardizer.fit(train.X, cfg["data"]["normalize"])
         generator, critic = build_models(cfg, train.n_chans, train.n_times, train.sfreq,

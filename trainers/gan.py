@@ -600,10 +600,8 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
         # nuisance variation common to a pair cancels in the class difference the contrast term sees.
         n_pairs = -(-len(idx) // 2)
         z = gen.sample_noise(n_pairs).repeat_interleave(2, dim=0)[:len(idx)][local].to(device)
-        y_pair = torch.arange(2).repeat(n_pairs)[:len(idx)]
-        cond = (y_pair[local].to(device),) if s_tr is None else \
-            (y_pair[local].to(device), s_tr[idx][::2].repeat_interleave(2)[:len(idx)][local].to(device))
-        y = cond[0]
+        y = torch.arange(2).repeat(n_pairs)[:len(idx)][local].to(device)
+        cond = (y,) if s_tr is None else (y, s_tr[idx][::2].repeat_interleave(2)[:len(idx)][local].to(device))
     else:
         z = gen.sample_noise(len(idx))[local].to(device)
     fake = G(z, *cond)
