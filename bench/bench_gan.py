@@ -1,6 +1,6 @@
 """GAN benchmarks: training throughput / FLOP efficiency, and transfer (pretrained vs scratch).
 
-    python bench/bench_gan.py speed    [--threads N] [--steps 10]
+    python bench/bench_gan.py speed    [--threads N] [--steps 10] [--subjects 10] [--set KEY=VALUE ...]
     python bench/bench_gan.py transfer [--threads N] [--pretrain-epochs 30] [--epochs 20] [--every 2]
                                        [--set KEY=VALUE ...] [--source-set KEY=VALUE ...]
     python bench/bench_gan.py quality RUN_DIR [--repeats 4] [--per-class 150] [--band-per-class 1000]
@@ -77,17 +77,21 @@ def speed(args) -> dict:
     cfg = load_config(ROOT / "config" / "config.json", ["model_name=gpt2cgan"] + args.set)
     n_chans, n_times, sfreq, bs = 21, 640, 160.0, cfg["batch_size"]
     torch.manual_seed(0)
-    G, D = build_models(cfg, n_chans, n_times, sfreq)
     X = torch.randn(4 * bs, n_chans, n_times)
     y = torch.arange(4 * bs) % 2
-    targets = SpectralTargets(X, y, sfreq)
+    # Subject-conditioned like the default data (gan.subject_condition, S001-S010) unless --subjects < 2.
+    subjects = (np.arange(4 * bs) // 2) % args.subjects + 1 if args.subjects >= 2 and cfg["gan"]["subject_condition"] \
+        else None
+    G, D = build_models(cfg, n_chans, n_times, sfreq, subjects=subjects)
+    s_tr = None if subjects is None else G.subject_index(subjects)
+    targets = SpectralTargets(X, y, sfreq, subject=s_tr, subject_count=G.config.subject_count)
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.9))
     idx = np.arange(bs)
     local = slice(0, bs)
 
     def step(gen_step: bool):
-        _train_step(cfg, G, D, opt_g, opt_d, targets, X, y, idx, local, "cpu", None, 0, 0, gen_step)
+        _train_step(cfg, G, D, opt_g, opt_d, targets, X, y, s_tr, idx, local, "cpu", None, 0, 0, gen_step)
 
     flops = {}
     for kind in (False, True):
@@ -111,6 +115,7 @@ def speed(args) -> dict:
     mm = matmul_gflops()
     achieved = cycle_flops / cycle_s / 1e9
     return {"threads": torch.get_num_threads(), "batch_size": bs, "critic_steps": k,
+            "subjects": G.config.subject_count, "overrides": args.set,
             "generator_params": sum(p.numel() for p in G.parameters()),
             "critic_params": sum(p.numel() for p in D.parameters()),
             "critic_step_s": times[False], "critic_plus_generator_step_s": times[True],
@@ -357,6 +362,8 @@ def main(argv=None) -> int:
     p.add_argument("run", nargs="?", help="quality: GAN run folder")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--subjects", type=int, default=10,
+                   help="speed: training subjects of the random trials (the default data has 10; < 2: none)")
     p.add_argument("--pretrain-epochs", type=int, default=30)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--every", type=int, default=2)

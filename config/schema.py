@@ -195,6 +195,9 @@ SCHEMA: dict[str, Any] = {
                                   "band covariance (self-normalised: 1 = no class difference)", lo=0),
         "contrast_ema": _float(0.9, "decay of the moving average of generated class statistics that the contrast "
                                "term is evaluated at (0: batch statistics only)", lo=0, hi=0.999),
+        "envelope_weight": _float(1.0, "class-conditional matching of the time course of theta, mu and beta power "
+                                  "within the trial (0.5 s windows, log, relative to its trial mean): the ERD/ERS "
+                                  "curve", lo=0),
         "band_cls_weight": _float(0.0, "cross-entropy of generated trials under a logistic regression fitted on "
                                   "real training trials' log band power (per-trial class signal)", lo=0),
         "gain_spread": _float(0.5, "initial trial-to-trial spread of the generator's per-trial channel gains, as a "

@@ -130,7 +130,10 @@ def test_subject_conditioning_changes_the_output_and_draws_training_proportions(
         g.subject_index([4])
     g.set_subject_weights(idx)
     draws = g.sample_subjects(4000, generator=torch.Generator().manual_seed(1))
-    share = torch.bincount(draws, minlength=3).float() / 4000
-    assert share[0] == 0 and abs(share[1] - 0.75) < 0.03  # never a subject without training trials
+    # Exact proportions, never a subject without training trials, and not in blocks.
+    assert torch.bincount(draws, minlength=3).tolist() == [0, 3000, 1000]
+    assert 0.2 < (draws[1:] != draws[:-1]).float().mean() < 0.5
+    odd = torch.bincount(g.sample_subjects(7, generator=torch.Generator().manual_seed(2)), minlength=3)
+    assert odd[0] == 0 and odd[1] >= 5 and odd.sum() == 7  # floor(7 * 0.75) = 5, the rest drawn by share
     g.set_subjects(None)  # back to class only
     assert g.sample_subjects(3) is None and not hasattr(g, "subject_embedding") and g(z, y).shape == (4, 5, 64)

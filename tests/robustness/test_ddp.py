@@ -23,6 +23,7 @@ def gan_args(data_path, cache_dir, out, *extra):
             "model_name=gpt2cgan", "data.subjects=[1,2]", "epochs=2", "n_embd=16", "n_layer=1", "n_head=2",
             "batch_size=8", "gan.critic_steps=2", "gan.critic_width=8", "gan.figure_every=1000",
             "training.num_threads=1", "gan.moment_weight=0", "gan.psd_weight=0", "gan.contrast_weight=0",
+            "gan.envelope_weight=0",
             *CHEAP_EVALUATION, *extra]
     return ["--mode", "training"] + [a for s in sets for a in ("--set", s)]
 

@@ -103,6 +103,30 @@ def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere
     assert torch.allclose(f["cov"][:, 1], xb @ xb.transpose(1, 2) / 640, atol=1e-5)
 
 
+def test_envelope_target_is_the_time_course_of_band_power():
+    """gan.envelope_weight: the class-mean time course of band power (ERD/ERS) is a target; a trial
+    whose mu rhythm fades after the first second differs from one with the same power throughout."""
+    torch.manual_seed(0)
+    t = torch.arange(640) / 160.0
+    X = torch.randn(40, 3, 640) * 0.1
+    fade = torch.where(t < 1.0, 1.0, 0.4)                        # desynchronisation after 1 s
+    X[:, 0] += torch.sin(2 * torch.pi * 10 * t + torch.rand(40, 1) * 6.28) * fade
+    y = torch.tensor([0, 1] * 20)
+    targets = gan.SpectralTargets(X, y, 160.0).eval()
+    env = targets.envelope(X)
+    assert env.shape == (40, 3, 3, 8)                            # theta, mu, beta x channels x 0.5 s windows
+    mu_c0 = env[:, 1, 0].mean(0)
+    assert mu_c0[:2].min() > 3 * mu_c0[3:].max()                 # the fade is in the mu band of channel 0
+    assert targets.losses(X, y)["envelope"].item() < 1e-6
+    stationary = X.clone()
+    stationary[:, 0] = X[:, 0] / fade * fade.pow(2).mean().sqrt()  # same mean power, no time course
+    moved = targets.losses(stationary, y)
+    assert moved["envelope"].item() > 0.05
+    louder = targets.losses(2 * X, y)                            # only the level: the moment term's job
+    assert louder["envelope"].item() < 1e-6 and louder["moment"].item() > 0.5
+    assert targets.losses(X.flip(-1), y)["envelope"].item() > 0.05   # nor is the time course symmetric
+
+
 def test_subject_targets_match_each_subjects_own_statistics():
     """gan.subject_condition: per-(subject, class) targets are zero on each subject's real trials and
     positive when the subjects are swapped, although the pooled class statistics are then the same."""
