@@ -159,13 +159,13 @@ def bench_gpu(cpu_gan: dict, steps: int, overrides: list[str]) -> dict:
     G, D = build_models(cfg, 21, 640, 160.0)
     G, D = G.to(dev), D.to(dev)
     X, y = torch.randn(4 * bs, 21, 640), torch.arange(4 * bs) % 2
-    targets = SpectralTargets(X, y, 160.0).to(dev)
+    targets = SpectralTargets(X, y, 160.0, envelope=cfg["gan"]["envelope_weight"] > 0).to(dev)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     idx = np.arange(bs)
     for bf16 in (False, True):
         def step(gen_step):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                _train_step(cfg, G, D, opt_g, opt_d, targets, X, y, idx, slice(0, bs), dev, None, 0, 0, gen_step)
+                _train_step(cfg, G, D, opt_g, opt_d, targets, X, y, None, idx, slice(0, bs), dev, None, 0, 0, gen_step)
         for g in (False, True):
             step(g)
         torch.cuda.synchronize()

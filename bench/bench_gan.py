@@ -84,7 +84,8 @@ def speed(args) -> dict:
         else None
     G, D = build_models(cfg, n_chans, n_times, sfreq, subjects=subjects)
     s_tr = None if subjects is None else G.subject_index(subjects)
-    targets = SpectralTargets(X, y, sfreq, subject=s_tr, subject_count=G.config.subject_count)
+    targets = SpectralTargets(X, y, sfreq, subject=s_tr, subject_count=G.config.subject_count,
+                              envelope=cfg["gan"]["envelope_weight"] > 0)
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.9))
     idx = np.arange(bs)

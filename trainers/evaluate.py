@@ -124,7 +124,8 @@ class Evaluator:
         return self.fixed
 
     def features(self, X) -> np.ndarray:
-        return self.pca.transform(self.fixed_classifier().features(X))
+        fixed = self.fixed_classifier()  # first: it fits the PCA on a first call
+        return self.pca.transform(fixed.features(X))
 
     # --- the metric families --------------------------------------------------------------
     def distribution(self, X, y) -> dict:

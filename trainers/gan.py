@@ -5,7 +5,8 @@ Per real batch (trial order from `epoch_order`, labels taken from the real trial
   weights: loss = E[D(fake, y)] - E[D(real, y)] + gp_weight * E[(||grad_x D(x_hat, y)||_2 - 1)^2],
   x_hat = a * real + (1 - a) * fake, a ~ U(0, 1) per trial, real and fake of the same class y;
 - one generator update: adv_weight * -E[D(G(z, y), y)] + moment_weight * moment loss + psd_weight *
-  spectrum loss + contrast_weight * contrast loss (+ the fine-tuning trainer's classifier term). With
+  spectrum loss + contrast_weight * contrast loss + envelope_weight * envelope loss (+ band_cls_weight *
+  band-classifier loss, and the fine-tuning trainer's classifier term). With
   `gan.paired_classes` (default) its batch is pairs (z, left), (z, right) sharing the noise.
 
 The moment and spectrum terms compare class-conditional statistics of the generated batch with
@@ -57,13 +58,14 @@ class SpectralTargets(torch.nn.Module):
     Computed in standardized units, per class c:
     - log band power per channel and band (theta, mu, beta, gamma): mean and std over trials;
     - band-passed spatial covariance per band, averaged over trials (what CSP diagonalises);
-    - log of the class-mean power spectrum per channel, 1 Hz-ish rfft bins in [4, 40) Hz.
+    - log of the class-mean power spectrum per channel, 1 Hz-ish rfft bins in [4, 40) Hz;
+    - the time course of theta, mu and beta power per channel in 0.5 s windows (log, minus its mean).
     Band-passing is an FFT mask, so everything is differentiable and costs one rfft per batch.
     """
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2,
                  band_classifier: bool = True, ema_decay: float = 0.9, subject: torch.Tensor | None = None,
-                 subject_count: int = 0):
+                 subject_count: int = 0, envelope: bool = True):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -81,11 +83,11 @@ class SpectralTargets(torch.nn.Module):
         for name in ("logbp_mean", "logbp_std", "cov", "logpsd"):
             self.register_buffer(name, torch.stack([s[name] for s in stats]))
         # Band power over time within the trial, per class: real trials desynchronise after the cue
-        # (mu power 0.8 of its trial mean at 0.5-1.5 s, 1.3 in the first 0.5 s, pooled S001-S010) and
-        # a stationary generator has none of that. Only the shape is a target (log power per window
+        # (pooled S001-S010 imagery, C3/C4 mu power is 1.2-1.4 times its trial mean in the first 0.5 s
+        # and 0.8-0.9 at 0.5-1.5 s) and a stationary generator has none of that. Only the shape is a target (log power per window
         # minus its mean over windows); the level is the moment term's.
         self.win = max(1, int(round(ENVELOPE_WINDOW_S * sfreq)))
-        self.n_win = n_times // self.win
+        self.n_win = n_times // self.win if envelope else 0  # off: not computed at all (weight 0)
         mask = torch.stack([((freqs >= BANDS[b][0]) & (freqs < BANDS[b][1])).float() for b in ENVELOPE_BANDS])
         self.register_buffer("env_mask", mask)                                   # (n_env_bands, F)
         if self.n_win >= 2:
@@ -216,7 +218,7 @@ class SpectralTargets(torch.nn.Module):
 
     def losses(self, x: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None = None) -> dict:
         """Generated x with labels y (and subject indices) -> {"moment", "spectrum", "contrast",
-        "band_cls", "subject_moment"} losses (classes with fewer than 2 trials in the batch are skipped)."""
+        "band_cls", "subject_moment", "envelope"} losses (classes with fewer than 2 trials in the batch are skipped)."""
         f = self.features(x)
         moment, spectrum, envelope, n = x.new_zeros(()), x.new_zeros(()), x.new_zeros(()), 0
         means, wcovs = {}, {}
@@ -434,7 +436,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
         generator.set_subject_weights(s_tr)
     targets = SpectralTargets(Xtr, ytr, train.sfreq, cfg["class_count"],
                               band_classifier=g_cfg["band_cls_weight"] > 0, ema_decay=g_cfg["contrast_ema"],
-                              subject=s_tr, subject_count=generator.config.subject_count).to(device)
+                              subject=s_tr, subject_count=generator.config.subject_count,
+                              envelope=g_cfg["envelope_weight"] > 0).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     lr_g = g_cfg["lr_generator"] if g_cfg["lr_generator"] is not None else cfg["learning_rate"]
     lr_c = g_cfg["lr_critic"] if g_cfg["lr_critic"] is not None else cfg["learning_rate"]

@@ -125,6 +125,8 @@ def test_envelope_target_is_the_time_course_of_band_power():
     louder = targets.losses(2 * X, y)                            # only the level: the moment term's job
     assert louder["envelope"].item() < 1e-6 and louder["moment"].item() > 0.5
     assert targets.losses(X.flip(-1), y)["envelope"].item() > 0.05   # nor is the time course symmetric
+    off = gan.SpectralTargets(X, y, 160.0, envelope=False)           # gan.envelope_weight=0: not computed
+    assert off.losses(stationary, y)["envelope"].item() == 0.0 and not hasattr(off, "logenv")
 
 
 def test_subject_targets_match_each_subjects_own_statistics():
