@@ -84,13 +84,13 @@ class SpectralTargets(torch.nn.Module):
             self.register_buffer(name, torch.stack([s[name] for s in stats]))
         # Band power over time within the trial, per class: real trials desynchronise after the cue
         # (pooled S001-S010 imagery, C3/C4 mu power is 1.2-1.4 times its trial mean in the first 0.5 s
-        # and 0.8-0.9 at 0.5-1.5 s) and a stationary generator has none of that. Only the shape is a target (log power per window
-        # minus its mean over windows); the level is the moment term's.
+        # and 0.8-0.9 at 0.5-1.5 s) and a stationary generator has none of that. Only the shape is a
+        # target (log power per window minus its mean over windows); the level is the moment term's.
         self.win = max(1, int(round(ENVELOPE_WINDOW_S * sfreq)))
         self.n_win = n_times // self.win if envelope else 0  # off: not computed at all (weight 0)
-        mask = torch.stack([((freqs >= BANDS[b][0]) & (freqs < BANDS[b][1])).float() for b in ENVELOPE_BANDS])
-        self.register_buffer("env_mask", mask)                                   # (n_env_bands, F)
         if self.n_win >= 2:
+            mask = torch.stack([((freqs >= BANDS[b][0]) & (freqs < BANDS[b][1])).float() for b in ENVELOPE_BANDS])
+            self.register_buffer("env_mask", mask)                               # (n_env_bands, F)
             with torch.no_grad():
                 self.register_buffer("logenv", torch.stack([self._shape(self.envelope(X[y == c]).mean(0))
                                                             for c in range(class_count)]))
