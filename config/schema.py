@@ -164,8 +164,10 @@ SCHEMA: dict[str, Any] = {
         "schedule": _str("cosine", "learning-rate schedule: warm-up then cosine decay to 0, or constant",
                          choices=("cosine", "constant")),
         "warmup_epochs": _int(0, "cosine schedule: epochs of linear warm-up", lo=0),
-        "patience": _int(None, "stop after this many epochs without a better validation accuracy (null: never)",
+        "patience": _int(None, "stop after this many epochs without a better validation score (null: never)",
                          lo=1, nullable=True),
+        "select": _str("last", "weights kept: the last epoch's, or the epoch with the best validation "
+                       "accuracy or loss", choices=("last", "val_accuracy", "val_loss")),
         "label_smoothing": _float(0.0, "label smoothing of the cross-entropy loss", lo=0, hi=0.5),
         "augment_shift_s": _float(0.0, "training augmentation: random circular time shift up to +-this, s",
                                   lo=0, hi=10),
@@ -198,6 +200,9 @@ SCHEMA: dict[str, Any] = {
         "envelope_weight": _float(1.0, "class-conditional matching of the time course of theta, mu and beta power "
                                   "within the trial (0.5 s windows, log, relative to its trial mean): the ERD/ERS "
                                   "curve", lo=0),
+        "trial_cov_weight": _float(0.0, "matching of the trial-to-trial covariance of log band power within a "
+                                   "class (channels x bands, Ledoit-Wolf target, in units of the real spread): "
+                                   "the feature correlations a decoder's weights depend on", lo=0),
         "band_cls_weight": _float(0.0, "cross-entropy of generated trials under a logistic regression fitted on "
                                   "real training trials' log band power (per-trial class signal)", lo=0),
         "gain_spread": _float(0.5, "initial trial-to-trial spread of the generator's per-trial channel gains, as a "
@@ -209,7 +214,7 @@ SCHEMA: dict[str, Any] = {
                                    "training subject, per-subject band-power and covariance targets) when the "
                                    "training data holds two or more subjects; generated trials are drawn over the "
                                    "subjects in their training proportions"),
-        "calibrate": _str("class", "after training, fit a per-channel output magnitude response so the generated "
+        "calibrate": _str("pooled", "after training, fit a per-channel output magnitude response so the generated "
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, or none", choices=("class", "pooled", "none")),
     },

@@ -5,7 +5,8 @@ Per real batch (trial order from `epoch_order`, labels taken from the real trial
   weights: loss = E[D(fake, y)] - E[D(real, y)] + gp_weight * E[(||grad_x D(x_hat, y)||_2 - 1)^2],
   x_hat = a * real + (1 - a) * fake, a ~ U(0, 1) per trial, real and fake of the same class y;
 - one generator update: adv_weight * -E[D(G(z, y), y)] + moment_weight * moment loss + psd_weight *
-  spectrum loss + contrast_weight * contrast loss + envelope_weight * envelope loss (+ band_cls_weight *
+  spectrum loss + contrast_weight * contrast loss + envelope_weight * envelope loss + trial_cov_weight *
+  trial-covariance loss (+ band_cls_weight *
   band-classifier loss, and the fine-tuning trainer's classifier term). With
   `gan.paired_classes` (default) its batch is pairs (z, left), (z, right) sharing the noise.
 
@@ -65,7 +66,7 @@ class SpectralTargets(torch.nn.Module):
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2,
                  band_classifier: bool = True, ema_decay: float = 0.9, subject: torch.Tensor | None = None,
-                 subject_count: int = 0, envelope: bool = True):
+                 subject_count: int = 0, envelope: bool = True, trial_cov: bool = True):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -113,6 +114,31 @@ class SpectralTargets(torch.nn.Module):
         self.register_buffer("ema_logbp", torch.zeros_like(self.logbp_mean))
         self.register_buffer("ema_wcov", torch.zeros_like(self.wcov))
         self.register_buffer("ema_count", torch.zeros(class_count))
+        # Trial-to-trial covariance of log band power within a class (channels x bands features): the
+        # correlations a decoder's weights depend on (LDA: w = cov^-1 (mean_R - mean_L)). The session-6
+        # generators had the right means and per-feature spreads but too correlated features (mean
+        # |corr| 0.81 against 0.69 pooled), and an LDA with their covariance lost 6 points on run 12
+        # (README, session 7). Ledoit-Wolf shrinkage: a 105-dim covariance from 24-240 trials.
+        self.trial_cov = bool(trial_cov)
+        if self.trial_cov:
+            with torch.no_grad():
+                lb = self.features(X)["logbp"].flatten(1).double()
+            resid = torch.cat([lb[y == c] - lb[y == c].mean(0) for c in range(class_count) if (y == c).sum() > 1])
+            from sklearn.covariance import ledoit_wolf
+
+            from utils.metrics import blas_single_thread
+
+            with blas_single_thread():
+                cov_lw, _ = ledoit_wolf(resid.numpy(), assume_centered=True)
+            cov_lw = torch.from_numpy(cov_lw)
+            sd = torch.diagonal(cov_lw).clamp_min(1e-12).sqrt()
+            # Compared in units of the real per-feature spread: every correlation counts alike. (Whitened
+            # by the real covariance instead, the one shared-gain direction that makes features move
+            # together weighs 1/105 of the error, and the generators' excess correlation stayed.)
+            self.register_buffer("tcov_scale", (1 / sd).float())
+            self.register_buffer("tcov", (cov_lw / sd[:, None] / sd[None]).float())
+            self.register_buffer("ema_tcov", torch.zeros((1,) + self.tcov.shape))
+            self.register_buffer("ema_tcov_count", torch.zeros(1))
         # Per-trial class signal: a logistic regression on real trials' log band power. Batch
         # statistics of 16 trials per class are too noisy to carry a ~0.5 dB lateralisation; a
         # per-trial loss along the real discriminant direction is not.
@@ -123,22 +149,49 @@ class SpectralTargets(torch.nn.Module):
         # class) cell. A batch holds one or two trials of a cell, so the generated side is again an
         # EMA, updated whenever the cell is in the batch.
         self.subject_count = int(subject_count) if subject is not None else 0
+        self.subject_contrast_kept: list[float] = []  # per subject, by _shrink_subject_contrast
         if self.subject_count:
             n_cells = self.subject_count * class_count
             cell = subject * class_count + y
             logbp = torch.zeros((n_cells,) + self.logbp_mean.shape[1:])
             wcov = torch.zeros((n_cells,) + self.wcov.shape[1:])
             present = torch.zeros(n_cells, dtype=torch.bool)
+            noise = torch.zeros(n_cells)  # per cell: summed variance of its mean log band power
             for k in range(n_cells):
                 if (cell == k).any():
                     f = self.features(X[cell == k])
                     logbp[k], wcov[k], present[k] = f["logbp"].mean(0), self._whitened(f["cov"].mean(0)), True
+                    if (cell == k).sum() > 1:
+                        noise[k] = (f["logbp"].var(0) / int((cell == k).sum())).sum()
+            if class_count == 2:
+                self._shrink_subject_contrast(logbp, wcov, present, noise)
             self.register_buffer("cell_logbp", logbp)
             self.register_buffer("cell_wcov", wcov)
             self.register_buffer("cell_present", present)
             self.register_buffer("ema_cell_logbp", torch.zeros_like(logbp))
             self.register_buffer("ema_cell_wcov", torch.zeros_like(wcov))
             self.register_buffer("ema_cell_count", torch.zeros(n_cells))
+
+    def _shrink_subject_contrast(self, logbp, wcov, present, noise) -> None:
+        """Shrink each subject's right-minus-left difference towards the pooled one, James-Stein style.
+
+        A subject's cells hold 10-25 trials, and their class difference is mostly sampling noise: on
+        S001-S010 its norm is what noise alone gives for most subjects (README, session 7). Matched as
+        it is, the generator reproduces that noise as class structure, which a classifier trained on
+        generated trials learns and the held-out run does not have. The part kept is
+        max(0, 1 - noise / |d_subject - d_pooled|^2), noise being the variance of the difference; the
+        subject's class-averaged level is untouched.
+        """
+        for s in range(len(logbp) // 2):
+            l, r = 2 * s, 2 * s + 1
+            if not (present[l] and present[r]) or noise[l] == 0 or noise[r] == 0:
+                continue
+            dev = logbp[r] - logbp[l] - self.d_logbp
+            keep = (1 - (noise[l] + noise[r]) / dev.pow(2).sum().clamp_min(1e-12)).clamp(0, 1)
+            for buf, pooled in ((logbp, self.d_logbp), (wcov, self.d_wcov)):
+                mid, d = (buf[l] + buf[r]) / 2, pooled + keep * (buf[r] - buf[l] - pooled)
+                buf[l], buf[r] = mid - d / 2, mid + d / 2
+            self.subject_contrast_kept.append(float(keep))
 
     @staticmethod
     def _inv_sqrt(cov: torch.Tensor) -> torch.Tensor:
@@ -218,7 +271,7 @@ class SpectralTargets(torch.nn.Module):
 
     def losses(self, x: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None = None) -> dict:
         """Generated x with labels y (and subject indices) -> {"moment", "spectrum", "contrast",
-        "band_cls", "subject_moment", "envelope"} losses (classes with fewer than 2 trials in the batch are skipped)."""
+        "band_cls", "subject_moment", "envelope", "trial_cov"} losses (classes with fewer than 2 trials in the batch are skipped)."""
         f = self.features(x)
         moment, spectrum, envelope, n = x.new_zeros(()), x.new_zeros(()), x.new_zeros(()), 0
         means, wcovs = {}, {}
@@ -254,6 +307,16 @@ class SpectralTargets(torch.nn.Module):
         if self.band_classifier:
             logits = f["logbp"].flatten(1) @ self.cls_w + self.cls_b
             band_cls = F.binary_cross_entropy_with_logits(logits, y.float())
+        trial_cov = x.new_zeros(())
+        if self.trial_cov:
+            lb = f["logbp"].flatten(1)
+            resid = [lb[y == c] - lb[y == c].mean(0) for c in range(self.logbp_mean.shape[0]) if (y == c).sum() > 1]
+            if resid:
+                r = torch.cat(resid) * self.tcov_scale
+                cov = self._ema("ema_tcov", 0, r.T @ r / max(len(r) - len(resid), 1), "ema_tcov_count")
+                trial_cov = (cov - self.tcov).pow(2).sum() / len(cov)
+                if self.training:
+                    self.ema_tcov_count += 1
         subject_moment = x.new_zeros(())
         if self.subject_count and subject is not None:
             # All cells of the batch at once: a (cells x trials) averaging matrix instead of a Python
@@ -274,7 +337,8 @@ class SpectralTargets(torch.nn.Module):
                 if self.training:
                     self.ema_cell_count[cells] += 1
         return {"moment": moment / max(n, 1), "spectrum": spectrum / max(n, 1), "contrast": contrast,
-                "band_cls": band_cls, "subject_moment": subject_moment, "envelope": envelope / max(n, 1)}
+                "band_cls": band_cls, "subject_moment": subject_moment, "envelope": envelope / max(n, 1),
+                "trial_cov": trial_cov}
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor,
@@ -437,7 +501,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     targets = SpectralTargets(Xtr, ytr, train.sfreq, cfg["class_count"],
                               band_classifier=g_cfg["band_cls_weight"] > 0, ema_decay=g_cfg["contrast_ema"],
                               subject=s_tr, subject_count=generator.config.subject_count,
-                              envelope=g_cfg["envelope_weight"] > 0).to(device)
+                              envelope=g_cfg["envelope_weight"] > 0,
+                              trial_cov=g_cfg["trial_cov_weight"] > 0).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     lr_g = g_cfg["lr_generator"] if g_cfg["lr_generator"] is not None else cfg["learning_rate"]
     lr_c = g_cfg["lr_critic"] if g_cfg["lr_critic"] is not None else cfg["learning_rate"]
@@ -652,7 +717,8 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
     terms = targets.losses(fake, *cond)
     loss_g = gan["adv_weight"] * adv + gan["moment_weight"] * (terms["moment"] + terms["subject_moment"]) \
         + gan["psd_weight"] * terms["spectrum"] + gan["contrast_weight"] * terms["contrast"] \
-        + gan["band_cls_weight"] * terms["band_cls"] + gan["envelope_weight"] * terms["envelope"]
+        + gan["band_cls_weight"] * terms["band_cls"] + gan["envelope_weight"] * terms["envelope"] \
+        + gan["trial_cov_weight"] * terms["trial_cov"]
     if extra_loss is not None:
         extra, extra_metrics = extra_loss(fake, y)
         loss_g = loss_g + extra
@@ -664,6 +730,7 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
     out.update(generator_loss=loss_g.item(), adversarial_loss=adv.item(), moment_loss=terms["moment"].item(),
                spectrum_loss=terms["spectrum"].item(), contrast_loss=terms["contrast"].item(),
                band_cls_loss=terms["band_cls"].item(), envelope_loss=terms["envelope"].item(),
+               trial_cov_loss=terms["trial_cov"].item(),
                **({"subject_moment_loss": terms["subject_moment"].item()} if s_tr is not None else {}))
     return out
 

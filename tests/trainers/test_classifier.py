@@ -131,6 +131,29 @@ def test_interrupt_then_resume_continues_bit_identically(make_cfg, tmp_path, mon
     assert straight["test_accuracy"] == resumed["test_accuracy"]
 
 
+def test_select_keeps_the_last_epoch_or_the_best_validation_epoch(make_cfg, tmp_path):
+    """classifier.select: which weights are written. Selection never changes the training itself."""
+    runs = {}
+    for sel in ("last", "val_accuracy", "val_loss"):
+        s = clf.train_round(make_cfg("classifier.architecture=stft", "data.subjects=[1]", "epochs=8",
+                                     f"classifier.select={sel}"), tmp_path / sel, CPU, seed=0)
+        rows = [json.loads(ln) for ln in (tmp_path / sel / "metrics.jsonl").read_text().splitlines()]
+        kept = load_file(str(tmp_path / sel / "classifier.safetensors"))
+        runs[sel] = (s, [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows], kept)
+    s, rows, kept = runs["last"]
+    assert s["kept_epoch"] == 8 and s["val_accuracy"] == rows[-1]["val_accuracy"]
+    final = load_file(str(tmp_path / "last" / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(kept[k], final[k]) for k in kept)
+    for sel, key in (("val_accuracy", lambda r: (r["val_accuracy"], -r["val_loss"])),
+                     ("val_loss", lambda r: -r["val_loss"])):
+        s, rows_sel, kept_sel = runs[sel]
+        assert rows_sel == rows                                  # the same training, epoch by epoch
+        best = max(rows, key=key)["epoch"]
+        assert s["kept_epoch"] == s["best_epoch"] == best
+        assert s["val_accuracy"] == rows[best - 1]["val_accuracy"]
+        assert all(torch.equal(kept_sel[k], kept[k]) for k in kept) == (best == 8)
+
+
 def test_patience_stops_early(make_cfg, tmp_path):
     s = clf.train_round(make_cfg("classifier.architecture=stft", "data.subjects=[1]", "epochs=30",
                                  "classifier.patience=2"), tmp_path, CPU, seed=0)
