@@ -214,7 +214,7 @@ SCHEMA: dict[str, Any] = {
                                    "training subject, per-subject band-power and covariance targets) when the "
                                    "training data holds two or more subjects; generated trials are drawn over the "
                                    "subjects in their training proportions"),
-        "calibrate": _str("pooled", "after training, fit a per-channel output magnitude response so the generated "
+        "calibrate": _str("class", "after training, fit a per-channel output magnitude response so the generated "
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, or none", choices=("class", "pooled", "none")),
     },

@@ -46,7 +46,7 @@ def test_pretrain_on_executed_runs_writes_a_complete_run_folder(make_cfg, tmp_pa
     assert figs == ["epoch-001-psd.png", "epoch-001-traces.png", "epoch-002-psd.png", "epoch-002-traces.png"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs_completed"] == 2 and "bandpower_mean_rel_err" in summary
-    assert summary["calibration_gain_db_mean_abs"] > 0  # gan.calibrate (default "pooled") ran after training
+    assert summary["calibration_gain_db_mean_abs"] > 0  # gan.calibrate "class" ran after training
 
 
 def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path):
