@@ -66,7 +66,7 @@ class SpectralTargets(torch.nn.Module):
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2,
                  band_classifier: bool = True, ema_decay: float = 0.9, subject: torch.Tensor | None = None,
-                 subject_count: int = 0, envelope: bool = True, trial_cov: bool = True):
+                 subject_count: int = 0, envelope: bool = True, trial_cov: bool = False):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -118,7 +118,8 @@ class SpectralTargets(torch.nn.Module):
         # correlations a decoder's weights depend on (LDA: w = cov^-1 (mean_R - mean_L)). The session-6
         # generators had the right means and per-feature spreads but too correlated features (mean
         # |corr| 0.81 against 0.69 pooled), and an LDA with their covariance lost 6 points on run 12
-        # (README, session 7). Ledoit-Wolf shrinkage: a 105-dim covariance from 24-240 trials.
+        # (README, session 7). Ledoit-Wolf shrinkage: a 105-dim covariance from 24-240 trials. Off by
+        # default (gan.trial_cov_weight 0): at weight 1 it fought the class terms on S006-S010.
         self.trial_cov = bool(trial_cov)
         if self.trial_cov:
             with torch.no_grad():
@@ -176,7 +177,8 @@ class SpectralTargets(torch.nn.Module):
         """Shrink each subject's right-minus-left difference towards the pooled one, James-Stein style.
 
         A subject's cells hold 10-25 trials, and their class difference is mostly sampling noise: on
-        S001-S010 its norm is what noise alone gives for most subjects (README, session 7). Matched as
+        S001-S010 its norm is within 1.4 times what noise alone gives, for every subject (README,
+        session 7). Matched as
         it is, the generator reproduces that noise as class structure, which a classifier trained on
         generated trials learns and the held-out run does not have. The part kept is
         max(0, 1 - noise / |d_subject - d_pooled|^2), noise being the variance of the difference; the

@@ -137,15 +137,15 @@ def test_trial_covariance_target_penalises_features_that_move_together():
     spread = torch.exp(0.3 * torch.randn(400, 3, 1))            # independent log-power changes per channel
     X = torch.randn(400, 3, 640) * spread
     y = torch.arange(400) % 2
-    targets = gan.SpectralTargets(X, y, 160.0, band_classifier=False, ema_decay=0.9)
+    targets = gan.SpectralTargets(X, y, 160.0, band_classifier=False, ema_decay=0.9, trial_cov=True)
     same = [targets.losses(X[i:i + 32], y[i:i + 32])["trial_cov"].item() for i in range(0, 384, 32)]
-    shared = gan.SpectralTargets(X, y, 160.0, band_classifier=False, ema_decay=0.9)
+    shared = gan.SpectralTargets(X, y, 160.0, band_classifier=False, ema_decay=0.9, trial_cov=True)
     Xs = torch.randn(400, 3, 640) * spread[torch.arange(400), :1].expand(400, 3, 1)   # one gain for all channels
     moved = [shared.losses(Xs[i:i + 32], y[i:i + 32])["trial_cov"].item() for i in range(0, 384, 32)]
     assert same[-1] < 0.5 and moved[-1] > 5 * same[-1]
     marginal = shared.losses(Xs[:32], y[:32])["moment"].item()   # per-feature spreads alike: no other term sees it
     assert marginal < 0.1
-    off = gan.SpectralTargets(X, y, 160.0, trial_cov=False)
+    off = gan.SpectralTargets(X, y, 160.0)                           # gan.trial_cov_weight=0, the default
     assert off.losses(Xs[:32], y[:32])["trial_cov"].item() == 0.0 and not hasattr(off, "tcov")
 
 
