@@ -130,8 +130,10 @@ def main() -> None:
             t = time.perf_counter()
             r = train(c, seed, not args.verbose)
             per_seed.append(r)
-            print(f"  within {arch:8s} seed {seed}: test {r['test_accuracy']:.3f} (val {r['best_val_accuracy']:.3f}, "
-                  f"{r['epochs_completed']} epochs, {time.perf_counter() - t:.0f} s)", flush=True)
+            val, best = r["val_accuracy"] or float("nan"), r["best_val_accuracy"] or float("nan")
+            print(f"  within {arch:8s} seed {seed}: test {r['test_accuracy']:.3f} (kept epoch {r['kept_epoch']}, "
+                  f"val {val:.3f}; best val {best:.3f} at epoch {r['best_epoch']}; {r['epochs_completed']} epochs, "
+                  f"{time.perf_counter() - t:.0f} s)", flush=True)
         per_subject = {k: float(np.mean([r["test_accuracy_per_subject"][k] for r in per_seed])) for k in rie}
         within[arch] = {"per_subject": per_subject, "mean": float(np.mean(list(per_subject.values()))),
                         "seed_means": [float(np.mean(list(r["test_accuracy_per_subject"].values()))) for r in per_seed]}
