@@ -124,7 +124,7 @@ class SpectralTargets(torch.nn.Module):
         if self.trial_cov:
             with torch.no_grad():
                 lb = self.features(X)["logbp"].flatten(1).double()
-            resid = torch.cat([lb[y == c] - lb[y == c].mean(0) for c in range(class_count) if (y == c).sum() > 1])
+            resid, _ = self._within_class(lb, y, class_count)
             from sklearn.covariance import ledoit_wolf
 
             from utils.metrics import blas_single_thread
@@ -159,11 +159,12 @@ class SpectralTargets(torch.nn.Module):
             present = torch.zeros(n_cells, dtype=torch.bool)
             noise = torch.zeros(n_cells)  # per cell: summed variance of its mean log band power
             for k in range(n_cells):
-                if (cell == k).any():
+                count = int((cell == k).sum())
+                if count:
                     f = self.features(X[cell == k])
                     logbp[k], wcov[k], present[k] = f["logbp"].mean(0), self._whitened(f["cov"].mean(0)), True
-                    if (cell == k).sum() > 1:
-                        noise[k] = (f["logbp"].var(0) / int((cell == k).sum())).sum()
+                    if count > 1:
+                        noise[k] = (f["logbp"].var(0) / count).sum()
             if class_count == 2:
                 self._shrink_subject_contrast(logbp, wcov, present, noise)
             self.register_buffer("cell_logbp", logbp)
@@ -178,9 +179,8 @@ class SpectralTargets(torch.nn.Module):
 
         A subject's cells hold 10-25 trials, and their class difference is mostly sampling noise: on
         S001-S010 its norm is within 1.4 times what noise alone gives, for every subject (README,
-        session 7). Matched as
-        it is, the generator reproduces that noise as class structure, which a classifier trained on
-        generated trials learns and the held-out run does not have. The part kept is
+        session 7). Matched as it is, the generator reproduces that noise as class structure, which a
+        classifier trained on generated trials learns and the held-out run does not have. The part kept is
         max(0, 1 - noise / |d_subject - d_pooled|^2), noise being the variance of the difference; the
         subject's class-averaged level is untouched.
         """
@@ -194,6 +194,12 @@ class SpectralTargets(torch.nn.Module):
                 mid, d = (buf[l] + buf[r]) / 2, pooled + keep * (buf[r] - buf[l] - pooled)
                 buf[l], buf[r] = mid - d / 2, mid + d / 2
             self.subject_contrast_kept.append(float(keep))
+
+    @staticmethod
+    def _within_class(feats: torch.Tensor, y: torch.Tensor, class_count: int) -> tuple[torch.Tensor | None, int]:
+        """Features minus their class mean, for the classes with 2+ trials; and how many classes those are."""
+        parts = [feats[y == c] - feats[y == c].mean(0) for c in range(class_count) if (y == c).sum() > 1]
+        return (torch.cat(parts) if parts else None), len(parts)
 
     @staticmethod
     def _inv_sqrt(cov: torch.Tensor) -> torch.Tensor:
@@ -311,11 +317,10 @@ class SpectralTargets(torch.nn.Module):
             band_cls = F.binary_cross_entropy_with_logits(logits, y.float())
         trial_cov = x.new_zeros(())
         if self.trial_cov:
-            lb = f["logbp"].flatten(1)
-            resid = [lb[y == c] - lb[y == c].mean(0) for c in range(self.logbp_mean.shape[0]) if (y == c).sum() > 1]
-            if resid:
-                r = torch.cat(resid) * self.tcov_scale
-                cov = self._ema("ema_tcov", 0, r.T @ r / max(len(r) - len(resid), 1), "ema_tcov_count")
+            resid, groups = self._within_class(f["logbp"].flatten(1), y, self.logbp_mean.shape[0])
+            if groups:
+                r = resid * self.tcov_scale
+                cov = self._ema("ema_tcov", 0, r.T @ r / max(len(r) - groups, 1), "ema_tcov_count")
                 trial_cov = (cov - self.tcov).pow(2).sum() / len(cov)
                 if self.training:
                     self.ema_tcov_count += 1
