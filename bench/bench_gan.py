@@ -4,6 +4,7 @@
     python bench/bench_gan.py transfer [--threads N] [--pretrain-epochs 30] [--epochs 20] [--every 2]
                                        [--set KEY=VALUE ...] [--source-set KEY=VALUE ...]
     python bench/bench_gan.py quality RUN_DIR [--repeats 4] [--per-class 150] [--band-per-class 1000]
+    python bench/bench_gan.py diagnose RUN_DIR [--per-class 300]
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
 plus the generator update every gan.critic_steps batches) on random trials of the default data
@@ -38,8 +39,18 @@ set to the next, and a generator's class means are what the target is about. Wit
 N it also reports the evaluation module's CNN and CSP+LDA trained on N fresh generated sets (and
 the CNN trained on the real pool with the same seeds), mean and std.
 
+diagnose: why train-on-synthetic does or does not transfer, in the log band power features of the
+generator's own objective (channels x bands, z-scored by the real training trials). How far apart the
+classes lie in real within-class deviations (Mahalanobis, Ledoit-Wolf covariance of the real training
+trials) for generated, training and held-out trials, with what sampling noise alone gives; that split
+by quartiles of the real covariance's eigenvalues; the generated within-class variance along the same
+directions relative to the real one; a shrinkage LDA trained on generated or real trials and tested on
+the other sets; and the contrast term (0 = the real class difference, 1 = none) of the kept generator,
+evaluated on fresh training-style batches and through the training-time moving average, next to what
+metrics.jsonl recorded in the last epoch.
+
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
-curves drawn in gan_transfer.png) or gan_quality.json.
+curves drawn in gan_transfer.png), gan_quality.json or gan_diagnose.json.
 """
 from __future__ import annotations
 
@@ -357,10 +368,93 @@ def repeated_tstr(bundle, cfg: dict, repeats: int, per_class: int) -> dict:
     return res
 
 
+def diagnose(args) -> dict:
+    """Class separation and covariance of generated vs real log band power (see the module docstring)."""
+    from sklearn.covariance import ledoit_wolf
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from data.dataset import load_splits
+    from trainers.gan import SpectralTargets
+    from trainers.generate import gan_folder, load_generator
+
+    folder = gan_folder(args.run)
+    b = load_generator(folder)
+    cfg, g = b.cfg, b.generator
+    sp = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=False)
+    std = b.standardizer
+    Xtr = torch.from_numpy(std.transform(sp.train.X))
+    ytr_t = torch.from_numpy(sp.train.y.astype(np.int64))
+    st = SpectralTargets(Xtr, ytr_t, b.sfreq, band_classifier=False, envelope=False).eval()
+
+    def feats(X_std: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return st.features(X_std)["logbp"].flatten(1).double().numpy()
+
+    Xg, yg = b.sample(args.per_class, seed=7)
+    Fg, Ftr, Fte = feats(torch.from_numpy(std.transform(Xg))), feats(Xtr), feats(torch.from_numpy(std.transform(sp.test.X)))
+    ytr, yte = sp.train.y, sp.test.y
+    mu, sd = Ftr.mean(0), Ftr.std(0) + 1e-12
+    Zg, Ztr, Zte = ((F - mu) / sd for F in (Fg, Ftr, Fte))
+
+    def resid(Z, y):
+        return np.concatenate([Z[y == c] - Z[y == c].mean(0) for c in (0, 1)])
+
+    C, _ = ledoit_wolf(resid(Ztr, ytr), assume_centered=True)
+    lam, V = np.linalg.eigh(C)
+    quart = np.array_split(np.argsort(lam)[::-1], 4)
+    out = {"run": str(folder), "features": int(Fg.shape[1]), "generated_per_class": args.per_class}
+    for name, Z, y in (("generated", Zg, yg), ("train", Ztr, ytr), ("test", Zte, yte)):
+        d = Z[y == 1].mean(0) - Z[y == 0].mean(0)
+        w = (V.T @ d) ** 2 / lam
+        out[f"mahalanobis_{name}"] = float(np.sqrt(w.sum()))
+        out[f"mahalanobis2_{name}_by_quartile"] = [float(w[q].sum()) for q in quart]
+        out[f"mahalanobis2_{name}_noise_only"] = float(Z.shape[1] * (1 / (y == 0).sum() + 1 / (y == 1).sum()))
+    vg = ((resid(Zg, yg) @ V) ** 2).mean(0) / lam
+    out["generated_within_class_variance_ratio_by_quartile"] = [float(vg[q].mean()) for q in quart]
+
+    def lda(Za, ya, Zb, yb):
+        return float(LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(Za, ya).score(Zb, yb))
+
+    out.update(lda_generated_to_test=lda(Zg, yg, Zte, yte), lda_generated_to_train=lda(Zg, yg, Ztr, ytr),
+               lda_train_to_test=lda(Ztr, ytr, Zte, yte))
+    # The contrast term of the kept generator (before its calibration: training saw none), on fresh
+    # batches drawn as in training (each noise vector as both classes, subjects of real batches).
+    g.eval()
+    calibration = g.calibration.clone()
+    g.calibration.fill_(1.0)
+    s_tr = g.subject_index(sp.train.subject) if g.config.subject_count else None
+    rng = torch.Generator().manual_seed(11)
+    ema_targets = SpectralTargets(Xtr, ytr_t, b.sfreq, band_classifier=False, envelope=False,
+                                  ema_decay=cfg["gan"]["contrast_ema"]).train()
+    ds = []
+    with torch.no_grad():
+        for _ in range(60):
+            idx = torch.randperm(len(ytr_t), generator=rng)[:cfg["batch_size"]]
+            n_pairs = len(idx) // 2
+            z = g.sample_noise(n_pairs, generator=rng).repeat_interleave(2, dim=0)
+            y = torch.arange(2).repeat(n_pairs)
+            s = None if s_tr is None else s_tr[idx][::2][:n_pairs].repeat_interleave(2)
+            x = g(z, y, s)
+            lb = st.features(x)["logbp"]
+            ds.append(lb[y == 1].mean(0) - lb[y == 0].mean(0))
+            contrast_ema = ema_targets.losses(x, y)["contrast"]
+    g.calibration.copy_(calibration)
+    d = torch.stack(ds).mean(0)
+    out["contrast_logbp_fresh_batches"] = float((d - st.d_logbp).pow(2).mean() / st.d_logbp_scale)
+    out["contrast_moving_average_fresh_batches"] = float(contrast_ema)
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    out["contrast_training_last_epoch"] = rows[-1].get("contrast_loss") if rows else None
+    kept = SpectralTargets(Xtr, ytr_t, b.sfreq, band_classifier=False, envelope=False,
+                           subject=s_tr, subject_count=g.config.subject_count if s_tr is not None else 0,
+                           shrink_contrast=True).class_contrast_kept
+    out.update({f"class_difference_kept_{k}": v for k, v in kept.items()})
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("speed", "transfer", "quality"))
-    p.add_argument("run", nargs="?", help="quality: GAN run folder")
+    p.add_argument("what", choices=("speed", "transfer", "quality", "diagnose"))
+    p.add_argument("run", nargs="?", help="quality, diagnose: GAN run folder")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--subjects", type=int, default=10,
@@ -385,7 +479,8 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--repeats", type=int, default=0,
                    help="quality: also average CNN and CSP train-on-synthetic over N generated sets and seeds")
-    p.add_argument("--per-class", type=int, default=150, help="quality --repeats: generated trials per class")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="quality --repeats: generated trials per class (150); diagnose: (300)")
     p.add_argument("--band-per-class", type=int, default=1000,
                    help="quality: generated trials per class for the *_n band-power and lateralisation numbers")
     args = p.parse_args(argv)
@@ -404,10 +499,21 @@ def main(argv=None) -> int:
         for k, v in res.items():
             print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")
         path = RESULTS / "gan.json"
+    elif args.what == "diagnose":
+        import mne
+
+        mne.set_log_level("ERROR")
+        args.per_class = args.per_class or 300
+        res = diagnose(args)
+        for k, v in res.items():
+            v = ([round(x, 3) for x in v] if isinstance(v, list) else v)
+            print(f"{k:52s} {v:.4g}" if isinstance(v, float) else f"{k:52s} {v}")
+        path = RESULTS / "gan_diagnose.json"
     elif args.what == "quality":
         import mne
 
         mne.set_log_level("ERROR")
+        args.per_class = args.per_class or 150
         res = quality(args)
         for k, v in res.items():
             print(f"{k:40s} {v:.4g}" if isinstance(v, float) else f"{k:40s} {v}")

@@ -197,6 +197,12 @@ SCHEMA: dict[str, Any] = {
                                   "band covariance (self-normalised: 1 = no class difference)", lo=0),
         "contrast_ema": _float(0.9, "decay of the moving average of generated class statistics that the contrast "
                                "term is evaluated at (0: batch statistics only)", lo=0, hi=0.999),
+        "shrink_contrast": _bool(False, "shrink each element of the real right-minus-left difference (log band "
+                                 "power, band covariance, log spectrum) towards 0 by its sampling noise before "
+                                 "the generator matches it: max(0, 1 - noise / d^2) of it is kept"),
+        "generator_ema": _float(0.0, "decay of an exponential moving average of the generator's weights, "
+                                "updated after every generator step; the averaged weights are what the run "
+                                "saves and samples from (0: the last weights)", lo=0, hi=0.9999),
         "envelope_weight": _float(1.0, "class-conditional matching of the time course of theta, mu and beta power "
                                   "within the trial (0.5 s windows, log, relative to its trial mean): the ERD/ERS "
                                   "curve", lo=0),

@@ -167,7 +167,9 @@ def check_compatible(saved: dict, cfg: dict) -> None:
 
 
 def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
-    return m.module if hasattr(m, "module") else m
+    """The network inside a DDP wrapper. Only DDP: an AveragedModel (gan.generator_ema) also has a
+    `.module`, and its state includes the average's step count."""
+    return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m
 
 
 # --- metrics ------------------------------------------------------------------------------------

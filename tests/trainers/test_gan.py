@@ -49,14 +49,16 @@ def test_pretrain_on_executed_runs_writes_a_complete_run_folder(make_cfg, tmp_pa
     assert summary["calibration_gain_db_mean_abs"] > 0  # gan.calibrate "class" ran after training
 
 
-def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path):
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path, ema):
     from safetensors.torch import load_file
 
-    _, a = run(make_cfg, tmp_path / "a", "gan.figure_every=10")
+    _, a = run(make_cfg, tmp_path / "a", "gan.figure_every=10", f"gan.generator_ema={ema}")
     wa = load_file(str(a / "generator.safetensors"))
     # A separate 1-epoch run continued to 2 epochs with --resume ends bit-identical to the straight
-    # 2-epoch run: the seed fixes everything and the checkpoint carries every RNG state.
-    _, c = run(make_cfg, tmp_path / "c", "gan.figure_every=10", "epochs=1")
+    # 2-epoch run: the seed fixes everything and the checkpoint carries every RNG state (and the
+    # generator's weight average, gan.generator_ema).
+    _, c = run(make_cfg, tmp_path / "c", "gan.figure_every=10", "epochs=1", f"gan.generator_ema={ema}")
     (c / "round_summary.json").unlink()  # as if the run had stopped after its epoch-1 checkpoint
     assert main.main(["--mode", "training", "--resume", str(c), "--set", "epochs=2"]) == 0
     wc = load_file(str(c / "generator.safetensors"))
@@ -65,6 +67,23 @@ def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path):
     assert all(torch.equal(da[k], dc[k]) for k in da)
     rows = [json.loads(ln) for ln in (c / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_generator_ema_keeps_the_averaged_weights(make_cfg, tmp_path):
+    from safetensors.torch import load_file
+
+    from trainers.common import CKPT
+    from utils.checkpoint import load_checkpoint
+
+    _, d = run(make_cfg, tmp_path, "gan.figure_every=10", "gan.generator_ema=0.5", "gan.calibrate=none")
+    saved = load_file(str(d / "generator.safetensors"))
+    tensors, _ = load_checkpoint(d / CKPT)
+    live, avg = tensors["generator"], tensors["generator_ema"]
+    assert int(avg["n_averaged"]) == 2  # 24 trials: 2 batches of 16 an epoch, a generator step every 2nd
+    params = [k for k in saved if saved[k].is_floating_point() and not torch.equal(live[k], saved[k])]
+    assert params, "the saved generator is the last weights, not their average"
+    for k in saved:  # the run keeps (saves, samples from) the average, not the last weights
+        assert torch.equal(saved[k], avg["module." + k]), k
 
 
 def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere():
@@ -194,6 +213,27 @@ def test_subject_class_difference_is_kept_where_it_is_real_and_shrunk_where_it_i
     assert min(differ.subject_contrast_kept) > 0.9
     d1 = differ.cell_logbp[3] - differ.cell_logbp[2]
     assert d1[:, 2].mean() > 1.2 and d1[:, 0].abs().max() < 0.3         # ln(4) = 1.39, on channel 2 only
+
+
+def test_shrunk_class_contrast_keeps_a_real_difference_and_drops_noise():
+    """gan.shrink_contrast: the right-minus-left difference of the targets keeps an effect far above
+    its sampling noise and loses most of what is noise; the class-averaged targets do not move."""
+    torch.manual_seed(0)
+    y = torch.arange(80) % 2
+    X = torch.randn(80, 4, 640)
+    X[y == 1, 1] *= 2.0                                # right trials 6 dB louder on channel 1 only
+    raw = gan.SpectralTargets(X, y, 160.0, band_classifier=False, envelope=False)
+    shr = gan.SpectralTargets(X, y, 160.0, band_classifier=False, envelope=False, shrink_contrast=True)
+    assert set(shr.class_contrast_kept) == {"logbp_mean", "cov", "logpsd"} and not raw.class_contrast_kept
+    d_raw, d_shr = raw.d_logbp, shr.d_logbp                          # (bands, channels)
+    assert torch.allclose(d_shr[:, 1], d_raw[:, 1], rtol=0.05)       # ln(4) = 1.39 against noise ~0.1
+    noise = [0, 2, 3]
+    assert d_shr[:, noise].abs().sum() < 0.5 * d_raw[:, noise].abs().sum()
+    for name in ("logbp_mean", "cov", "logpsd"):
+        assert torch.allclose(getattr(shr, name).mean(0), getattr(raw, name).mean(0), atol=1e-5), name
+    # the class-specific covariance difference off channel 1 is mostly gone as well
+    off = lambda t: (t.cov[1] - t.cov[0])[:, [0, 2, 3]][:, :, [0, 2, 3]].abs().sum()  # noqa: E731
+    assert off(shr) < 0.5 * off(raw)
 
 
 def test_subject_conditioning_needs_two_subjects_and_the_key():
