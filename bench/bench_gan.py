@@ -391,7 +391,8 @@ def diagnose(args) -> dict:
             return st.features(X_std)["logbp"].flatten(1).double().numpy()
 
     Xg, yg = b.sample(args.per_class, seed=7)
-    Fg, Ftr, Fte = feats(torch.from_numpy(std.transform(Xg))), feats(Xtr), feats(torch.from_numpy(std.transform(sp.test.X)))
+    Fg, Fte = (feats(torch.from_numpy(std.transform(X))) for X in (Xg, sp.test.X))
+    Ftr = feats(Xtr)
     ytr, yte = sp.train.y, sp.test.y
     mu, sd = Ftr.mean(0), Ftr.std(0) + 1e-12
     Zg, Ztr, Zte = ((F - mu) / sd for F in (Fg, Ftr, Fte))

@@ -200,9 +200,9 @@ class SpectralTargets(torch.nn.Module):
         Summed over elements the training trials' class difference is at the level of sampling noise
         (S006-S010: whitened band covariance |d|^2 2.59 against 2.55 from noise alone; pooled S001-S010
         log band power 0.18 against 0.21), while the lateralisation a decoder uses sits in a few elements.
-        Matched as it is, the generator reproduces the noise as class structure: its classes lay 2-3
-        times further apart than the real ones, in real within-class deviations, and decoders trained on
-        it did not transfer (README, session 8). The noise is the within-(subject, class) variance of
+        Matched as it is, the generator reproduces that noise as class structure. (On S006-S010 shrinking
+        it did not raise train-on-synthetic, README session 8, so gan.shrink_contrast is off by default.)
+        The noise is the within-(subject, class) variance of
         the trial statistic over the class's trial count; subjects hold both classes, so their offsets
         cancel in the difference. The class-averaged statistic is untouched."""
         cells = y if subject is None else subject * 2 + y
@@ -211,7 +211,8 @@ class SpectralTargets(torch.nn.Module):
         trial = {"logbp_mean": f["logbp"], "cov": f["cov"], "logpsd": f["psd"]}
         for name, F_ in trial.items():
             F_ = F_.double()
-            resid = torch.cat([F_[cells == k] - F_[cells == k].mean(0) for k in cells.unique() if (cells == k).sum() > 1])
+            resid = torch.cat([F_[cells == k] - F_[cells == k].mean(0)
+                               for k in cells.unique() if (cells == k).sum() > 1])
             var = resid.pow(2).sum(0) / max(len(resid) - len(cells.unique()), 1)
             target = getattr(self, name)
             if name == "logpsd":  # log of a class mean: delta method, var / (n * mean^2)
@@ -563,7 +564,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     # gan.generator_ema: an exponential moving average of the generator's weights is what the run
     # keeps. The contrast term's error signal is a moving average of past batches, so under Adam the
     # class statistics circle their target instead of settling on it: on S006-S010 the training-time
-    # contrast read 0.15 while the final weights, frozen, scored 1.12 (README, session 8).
+    # contrast read 0.14-0.20 while the last weights, on fresh batches, scored 1.28-1.60 (README, session 8).
     ema = None
     if g_cfg["generator_ema"] > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
