@@ -410,6 +410,7 @@ def diagnose(args) -> dict:
         out[f"mahalanobis_{name}"] = float(np.sqrt(w.sum()))
         out[f"mahalanobis2_{name}_by_quartile"] = [float(w[q].sum()) for q in quart]
         out[f"mahalanobis2_{name}_noise_only"] = float(Z.shape[1] * (1 / (y == 0).sum() + 1 / (y == 1).sum()))
+    out["generated_within_class_sd_per_feature"] = float(resid(Zg, yg).std(0).mean())  # real: 1 by construction
     vg = ((resid(Zg, yg) @ V) ** 2).mean(0) / lam
     out["generated_within_class_variance_ratio_by_quartile"] = [float(vg[q].mean()) for q in quart]
 
@@ -445,10 +446,13 @@ def diagnose(args) -> dict:
     out["contrast_moving_average_fresh_batches"] = float(contrast_ema)
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     out["contrast_training_last_epoch"] = rows[-1].get("contrast_loss") if rows else None
-    kept = SpectralTargets(Xtr, ytr_t, b.sfreq, band_classifier=False, envelope=False,
-                           subject=s_tr, subject_count=g.config.subject_count if s_tr is not None else 0,
-                           shrink_contrast=True).class_contrast_kept
-    out.update({f"class_difference_kept_{k}": v for k, v in kept.items()})
+    # The real class difference against its sampling noise (gan.shrink_contrast's numbers): the
+    # whitened band covariance is the target's, so it is reported in those units.
+    shrunk = SpectralTargets(Xtr, ytr_t, b.sfreq, band_classifier=False, envelope=False,
+                             subject=s_tr, subject_count=g.config.subject_count if s_tr is not None else 0,
+                             shrink_contrast=True)
+    out.update({f"class_difference_kept_{k}": v for k, v in shrunk.class_contrast_kept.items()})
+    out.update({f"class_difference_norm2_and_noise_{k}": list(v) for k, v in shrunk.class_contrast_noise.items()})
     return out
 
 

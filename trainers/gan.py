@@ -85,6 +85,7 @@ class SpectralTargets(torch.nn.Module):
         for name in ("logbp_mean", "logbp_std", "cov", "logpsd"):
             self.register_buffer(name, torch.stack([s[name] for s in stats]))
         self.class_contrast_kept: dict = {}  # mean part of the class difference kept, per statistic
+        self.class_contrast_noise: dict = {}  # per statistic: (|d|^2, what sampling noise alone gives)
         if shrink_contrast and class_count == 2:
             self._shrink_class_contrast(X, y, subject)
         # Band power over time within the trial, per class: real trials desynchronise after the cue
@@ -198,8 +199,8 @@ class SpectralTargets(torch.nn.Module):
         time, by how far it stands above its sampling noise: the part kept is max(0, 1 - noise / d^2).
 
         Summed over elements the training trials' class difference is at the level of sampling noise
-        (S006-S010: whitened band covariance |d|^2 2.59 against 2.55 from noise alone; pooled S001-S010
-        log band power 0.18 against 0.21), while the lateralisation a decoder uses sits in a few elements.
+        (S006-S010: band covariance |d|^2 0.75 against 1.10 from noise alone, log band power 0.72 against
+        0.40; `bench/bench_gan.py diagnose`), while the lateralisation a decoder uses sits in a few elements.
         Matched as it is, the generator reproduces that noise as class structure. (On S006-S010 shrinking
         it did not raise train-on-synthetic, README session 8, so gan.shrink_contrast is off by default.)
         The noise is the within-(subject, class) variance of
@@ -225,6 +226,7 @@ class SpectralTargets(torch.nn.Module):
             mid, half = (target[0] + target[1]).double() / 2, keep * d / 2
             target.copy_(torch.stack([mid - half, mid + half]).to(target.dtype))
             self.class_contrast_kept[name] = float(keep.mean())
+            self.class_contrast_noise[name] = (float(d.pow(2).sum()), float(noise.sum()))
 
     @staticmethod
     def _within_class(feats: torch.Tensor, y: torch.Tensor, class_count: int) -> tuple[torch.Tensor | None, int]:
