@@ -42,7 +42,8 @@ the CNN trained on the real pool with the same seeds), mean and std.
 diagnose: why train-on-synthetic does or does not transfer, in the log band power features of the
 generator's own objective (channels x bands, z-scored by the real training trials). How far apart the
 classes lie in real within-class deviations (Mahalanobis, Ledoit-Wolf covariance of the real training
-trials) for generated, training and held-out trials, with what sampling noise alone gives; that split
+trials) for generated, training and held-out trials, with p (1/n_left + 1/n_right), what sampling noise
+alone gives for independent trials and an exact covariance (subjects and shrinkage make it lower); that split
 by quartiles of the real covariance's eigenvalues; the generated within-class variance along the same
 directions relative to the real one; a shrinkage LDA trained on generated or real trials and tested on
 the other sets; and the contrast term (0 = the real class difference, 1 = none) of the kept generator,
@@ -380,6 +381,8 @@ def diagnose(args) -> dict:
     folder = gan_folder(args.run)
     b = load_generator(folder)
     cfg, g = b.cfg, b.generator
+    if b.representation != "sensor":
+        sys.exit(f"diagnose: {folder} is a {b.representation!r} run; only sensor-space runs are supported")
     sp = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=False)
     std = b.standardizer
     Xtr = torch.from_numpy(std.transform(sp.train.X))
