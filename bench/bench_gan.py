@@ -375,7 +375,7 @@ def diagnose(args) -> dict:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     from data.dataset import load_splits
-    from trainers.gan import SpectralTargets
+    from trainers.gan import SpectralTargets, paired_draw
     from trainers.generate import gan_folder, load_generator
 
     folder = gan_folder(args.run)
@@ -434,11 +434,7 @@ def diagnose(args) -> dict:
     ds = []
     with torch.no_grad():
         for _ in range(60):
-            idx = torch.randperm(len(ytr_t), generator=rng)[:cfg["batch_size"]]
-            n_pairs = len(idx) // 2
-            z = g.sample_noise(n_pairs, generator=rng).repeat_interleave(2, dim=0)
-            y = torch.arange(2).repeat(n_pairs)
-            s = None if s_tr is None else s_tr[idx][::2][:n_pairs].repeat_interleave(2)
+            z, y, s = paired_draw(g, torch.randperm(len(ytr_t), generator=rng)[:cfg["batch_size"]], s_tr, rng)
             x = g(z, y, s)
             lb = st.features(x)["logbp"]
             ds.append(lb[y == 1].mean(0) - lb[y == 0].mean(0))

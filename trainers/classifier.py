@@ -30,7 +30,7 @@ from data.dataset import Standardizer, batches, epoch_order, load_splits
 from models import build_classifier
 from trainers.common import (GracefulInterrupt, MetricsLog, check_finite, load_training_state,
                              save_training_state)
-from utils.distributed import all_reduce_mean, is_main, local_slice, wrap_model
+from utils.distributed import all_reduce_mean, is_main, local_slice, unwrap, wrap_model
 from utils.checkpoint import write_json
 from utils.errors import UserError
 from utils.runs import resolve_run_dir
@@ -78,10 +78,6 @@ def align(sets: dict, mode: str) -> tuple[dict, dict]:
 
 
 # --- training -----------------------------------------------------------------------------------
-
-def _unwrap(m):
-    return m.module if hasattr(m, "module") else m
-
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, X: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -278,7 +274,7 @@ def _save_weights(model: torch.nn.Module, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}, tmp,
+        save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}, tmp,
                   metadata={"format": "pt"})
         os.replace(tmp, path)
     except BaseException:

@@ -18,6 +18,7 @@ import torch
 
 from utils.checkpoint import (flatten_state, load_checkpoint, restore_interrupted, save_checkpoint,
                               unflatten_state, write_json)
+from utils.distributed import unwrap
 from utils.errors import UserError
 from utils.runs import mark_latest, new_run_dir
 
@@ -121,7 +122,7 @@ def save_training_state(round_dir: Path, models: dict[str, torch.nn.Module],
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     skeletons = {}
     for name, m in models.items():
-        tensors[name] = {k: v for k, v in _unwrap(m).state_dict().items()}
+        tensors[name] = {k: v for k, v in unwrap(m).state_dict().items()}
     for name, opt in optims.items():
         flat, skel = flatten_state(opt.state_dict())
         tensors["optim_" + name] = flat
@@ -143,7 +144,7 @@ def load_training_state(round_dir: Path, models: dict[str, torch.nn.Module],
         if name not in tensors:
             raise UserError(f"checkpoint {round_dir}: no weights for '{name}'")
         try:
-            _unwrap(m).load_state_dict(tensors[name])
+            unwrap(m).load_state_dict(tensors[name])
         except RuntimeError as e:
             raise UserError(f"checkpoint {round_dir}: '{name}' does not match the configured model "
                             f"({str(e).splitlines()[0][:120]})") from None
@@ -164,12 +165,6 @@ def check_compatible(saved: dict, cfg: dict) -> None:
         if saved.get(k) != cfg.get(k):
             raise UserError(f"cannot resume: config key '{k}' differs from the interrupted run "
                             f"({json.dumps(saved.get(k))[:60]} vs {json.dumps(cfg.get(k))[:60]})")
-
-
-def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
-    """The network inside a DDP wrapper. Only DDP: an AveragedModel (gan.generator_ema) also has a
-    `.module`, and its state includes the average's step count."""
-    return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m
 
 
 # --- metrics ------------------------------------------------------------------------------------

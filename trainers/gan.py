@@ -203,18 +203,17 @@ class SpectralTargets(torch.nn.Module):
         0.40; `bench/bench_gan.py diagnose`), while the lateralisation a decoder uses sits in a few elements.
         Matched as it is, the generator reproduces that noise as class structure. (On S006-S010 shrinking
         it did not raise train-on-synthetic, README session 8, so gan.shrink_contrast is off by default.)
-        The noise is the within-(subject, class) variance of
-        the trial statistic over the class's trial count; subjects hold both classes, so their offsets
-        cancel in the difference. The class-averaged statistic is untouched."""
+        The noise is the within-(subject, class) variance of the trial statistic over the class's trial
+        count; subjects hold both classes, so their offsets cancel in the difference. The class-averaged
+        statistic is untouched."""
         cells = y if subject is None else subject * 2 + y
         f = self.features(X)
         n = torch.stack([(y == c).sum() for c in (0, 1)]).double()
         trial = {"logbp_mean": f["logbp"], "cov": f["cov"], "logpsd": f["psd"]}
         for name, F_ in trial.items():
             F_ = F_.double()
-            resid = torch.cat([F_[cells == k] - F_[cells == k].mean(0)
-                               for k in cells.unique() if (cells == k).sum() > 1])
-            var = resid.pow(2).sum(0) / max(len(resid) - len(cells.unique()), 1)
+            resid, groups = self._within_class(F_, cells, int(cells.max()) + 1)
+            var = resid.pow(2).sum(0) / max(len(resid) - groups, 1)
             target = getattr(self, name)
             if name == "logpsd":  # log of a class mean: delta method, var / (n * mean^2)
                 mean = torch.stack([F_[y == c].mean(0) for c in (0, 1)])
@@ -405,7 +404,7 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, y: torch.Te
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """Atomic safetensors write (temp file + rename)."""
-    model = model.module if hasattr(model, "module") else model
+    model = dist.unwrap(model)
     tmp = path.with_name("." + path.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
               metadata={"format": "pt"})
@@ -509,7 +508,7 @@ def generate(generator, n_per_class: int, seed: int, device, batch_size: int = 2
     """2 * n_per_class trials (standardized units) from a private RNG: labels 0...0 1...1. With
     return_subjects, also the subject number of every trial (None unless subject-conditioned)."""
     g = torch.Generator().manual_seed(seed)
-    gen = generator.module if hasattr(generator, "module") else generator
+    gen = dist.unwrap(generator)
     y = torch.arange(2).repeat_interleave(n_per_class)
     z = gen.sample_noise(len(y), generator=g)
     # Subject-conditioned: subjects in training proportions, the same sequence for both classes, so a
@@ -591,7 +590,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     fig_real_idx = np.concatenate([np.flatnonzero(train.y == c)[:cfg["example_to_generate"]] for c in range(2)])
 
     def monitor(epoch: int) -> dict:
-        gen = G.module if hasattr(G, "module") else G
+        gen = dist.unwrap(G)
         gen.eval()
         with torch.no_grad():
             fake = standardizer.inverse(gen(z_mon.to(device), y_mon.to(device), s_mon).cpu().numpy())
@@ -635,7 +634,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                                                dist.local_slice(len(idx)), device,
                                                extra_loss, epoch, b, (step + 1) % cfg["gan"]["critic_steps"] == 0)
                 if ema is not None and "generator_loss" in step_metrics:
-                    ema.update_parameters(G.module if hasattr(G, "module") else G)
+                    ema.update_parameters(dist.unwrap(G))
                 for k, v in step_metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                     sums["n_" + k] = sums.get("n_" + k, 0) + 1
@@ -647,7 +646,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
             if main:
                 row.update(monitor(epoch + 1))
                 if on_epoch is not None:
-                    row.update(on_epoch(epoch + 1, G.module if hasattr(G, "module") else G, row) or {})
+                    row.update(on_epoch(epoch + 1, dist.unwrap(G), row) or {})
                 metrics.append(row)
                 bar.set_postfix(w=f"{row['wasserstein']:.3f}", mom=f"{row.get('moment_loss', float('nan')):.3f}")
                 if (epoch + 1) % cfg["training"]["checkpoint_every"] == 0 or epoch + 1 == cfg["epochs"]:
@@ -668,7 +667,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
 
     summary = {"epochs_completed": cfg["epochs"]}
     if ema is not None:  # the averaged weights are calibrated, saved, scored and sampled from
-        (G.module if hasattr(G, "module") else G).load_state_dict(ema.module.state_dict())
+        dist.unwrap(G).load_state_dict(ema.module.state_dict())
     # After the last training state is saved, so a resumed run repeats the same calibration. Every
     # rank runs it (same weights, data and seed), so DDP replicas stay identical.
     summary.update(calibrate_spectrum(G, Xtr, ytr, train.sfreq, g_cfg["calibrate"], seed + 2, device))
@@ -712,7 +711,7 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
     """
     if mode == "none":
         return {}
-    gen = generator.module if hasattr(generator, "module") else generator
+    gen = dist.unwrap(generator)
     classes = gen.calibration.shape[0]
     df = sfreq / X.shape[-1]
     k = max(1, int(round(smooth_hz / df))) | 1  # odd, centred window
@@ -744,12 +743,24 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     return 1.0
 
 
+def paired_draw(gen, idx: torch.Tensor, s_tr: torch.Tensor | None, generator: torch.Generator | None = None):
+    """Generator inputs for a batch of len(idx) with each noise vector rendered as both classes
+    (interleaved, so a DDP slice keeps its pairs): the nuisance variation common to a pair cancels in
+    the class difference the contrast term sees. Returns (z, y, subjects or None); a pair takes the
+    subject of the real batch's first trial of its two."""
+    n_pairs = -(-len(idx) // 2)
+    z = gen.sample_noise(n_pairs, generator=generator).repeat_interleave(2, dim=0)[:len(idx)]
+    y = torch.arange(2).repeat(n_pairs)[:len(idx)]
+    s = None if s_tr is None else s_tr[idx][::2].repeat_interleave(2)[:len(idx)]
+    return z, y, s
+
+
 def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, device, extra_loss, epoch, b,
                 generator_step: bool) -> dict:
     """One critic update on this real batch; and, every gan.critic_steps batches, one generator update.
     s_tr: the training trials' subject indices for subject-conditioned networks, else None."""
     gan = cfg["gan"]
-    gen = G.module if hasattr(G, "module") else G
+    gen = dist.unwrap(G)
     real, y = Xtr[idx][local].to(device), ytr[idx][local].to(device)
     cond = (y,) if s_tr is None else (y, s_tr[idx][local].to(device))  # fakes get the real batch's labels
     # Noise and interpolation weights for the GLOBAL batch from the global RNG, then sliced:
@@ -770,12 +781,9 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
         return out
 
     if gan["paired_classes"]:
-        # Each noise vector rendered as both classes (interleaved, so a DDP slice keeps its pairs): the
-        # nuisance variation common to a pair cancels in the class difference the contrast term sees.
-        n_pairs = -(-len(idx) // 2)
-        z = gen.sample_noise(n_pairs).repeat_interleave(2, dim=0)[:len(idx)][local].to(device)
-        y = torch.arange(2).repeat(n_pairs)[:len(idx)][local].to(device)
-        cond = (y,) if s_tr is None else (y, s_tr[idx][::2].repeat_interleave(2)[:len(idx)][local].to(device))
+        z, y, s = paired_draw(gen, idx, s_tr)
+        z, y = z[local].to(device), y[local].to(device)
+        cond = (y,) if s is None else (y, s[local].to(device))
     else:
         z = gen.sample_noise(len(idx))[local].to(device)
     fake = G(z, *cond)

@@ -99,7 +99,9 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+    """The network inside a DDP wrapper. Only DDP: an AveragedModel (gan.generator_ema) also has a
+    `.module`, and its own state (the average's step count) must be saved with it."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def barrier() -> None:
