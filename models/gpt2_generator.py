@@ -30,6 +30,12 @@ from transformers import GPT2Config, GPT2Model
 
 from utils.errors import UserError
 
+CLASS_EFFECTS = ("embedding", "spectral")
+# Frequency bands (Hz) of the "spectral" class effect: the band-power features the class difference is
+# measured in. Neighbours overlap in 1 Hz linear ramps so the gains sum to a smooth response.
+CLASS_BANDS = ((4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 40.0))
+CLASS_BAND_RAMP_HZ = 1.0
+
 # GPT-2 keys of the project config passed straight into GPT2Config.
 GPT2_KEYS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
              "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range")
@@ -44,6 +50,10 @@ class GPT2GeneratorConfig:
     class_count: int = 2
     # Subject numbers the generator is conditioned on (gan.subject_condition); None: class only.
     subjects: list[int] | None = None
+    # Where the class acts (gan.class_effect): "embedding", a class embedding fed to GPT-2 with the
+    # noise, free to shape anything; "spectral", only a learned per-class, per-channel gain of the
+    # theta/mu/beta/gamma bands (CLASS_BANDS) on the output, GPT-2 seeing no class at all.
+    class_effect: str = "embedding"
     noise_variance: float = 1.0
     vocab_size: int = 1
     n_positions: int = 64
@@ -69,6 +79,7 @@ class GPT2GeneratorConfig:
         kw = {k: cfg[k] for k in GPT2_KEYS}
         return cls(n_chans=n_chans, n_times=n_times, patch_size=cfg["gan"]["patch_size"],
                    condition_size=cfg["condition_size"], class_count=cfg["class_count"], subjects=subjects,
+                   class_effect=cfg["gan"]["class_effect"],
                    noise_variance=cfg["noise_variance"], sfreq=sfreq, l_freq=cfg["data"]["l_freq"],
                    h_freq=cfg["data"]["h_freq"], **kw)
 
@@ -93,6 +104,10 @@ class GPT2GeneratorConfig:
             raise UserError(f"config keys 'n_positions'/'gan.patch_size': a trial is {self.n_tokens} tokens "
                             f"(n_times {self.n_times} / patch_size {self.patch_size}) but n_positions is "
                             f"{self.n_positions}; raise n_positions (and n_ctx) or gan.patch_size")
+        if self.class_effect not in CLASS_EFFECTS:
+            raise UserError(f"config key 'gan.class_effect': {self.class_effect!r} is not one of {', '.join(CLASS_EFFECTS)}")
+        if self.class_effect == "spectral" and self.sfreq is None:
+            raise UserError("config key 'gan.class_effect': 'spectral' needs the data's sampling rate")
         if self.n_embd % self.n_head:
             raise UserError(f"config key 'n_head': {self.n_head} does not divide n_embd ({self.n_embd})")
 
@@ -109,6 +124,7 @@ class GPT2Generator(nn.Module):
         self.transformer = GPT2Model(gcfg)  # random init; nothing is downloaded
         self.class_embedding = nn.Embedding(config.class_count, config.condition_size)
         self.set_subjects(config.subjects)
+        self.set_class_effect(config.class_effect)
         self.input_proj = nn.Linear(config.n_embd + config.condition_size, config.n_embd)
         self.head = nn.Linear(config.n_embd, config.n_chans * config.patch_size)
         # Depthwise, so each channel keeps its own spectrum; initialised to identity.
@@ -213,6 +229,33 @@ class GPT2Generator(nn.Module):
             # How often each subject is drawn when sampling (its share of the training trials).
             self.register_buffer("subject_weights", torch.full((n,), 1.0 / n, device=device))
 
+    def set_class_effect(self, mode: str) -> None:
+        """Make the class act through `mode` (GPT2GeneratorConfig.class_effect). "spectral" adds a
+        zero-initialised `class_gain` (class_count, n_chans, n_bands): each class's log amplitude gain
+        per channel and band. Why: the real left/right difference that carries from session to session
+        is the level of mu/beta power per channel (README, session 8), while the rest of the sample's
+        class difference is sampling noise; a class input that can move only those few directions
+        cannot reproduce the noise as class structure. Switching modes (fine-tuning) starts a fresh gain."""
+        if mode not in CLASS_EFFECTS:
+            raise UserError(f"config key 'gan.class_effect': {mode!r} is not one of {', '.join(CLASS_EFFECTS)}")
+        if hasattr(self, "class_gain") and mode != "spectral":
+            del self.class_gain
+        if mode == "spectral" and not hasattr(self, "class_gain"):
+            c = self.config
+            device = self.class_embedding.weight.device
+            self.class_gain = nn.Parameter(torch.zeros(c.class_count, c.n_chans, len(CLASS_BANDS), device=device))
+            if not hasattr(self, "class_basis"):
+                self.register_buffer("class_basis", self._class_basis(c).to(device), persistent=False)
+        self.config.class_effect = mode
+
+    @staticmethod
+    def _class_basis(c: GPT2GeneratorConfig) -> torch.Tensor:
+        """(n_bands, n_times // 2 + 1) trapezoids over the rfft bins, one per CLASS_BANDS entry."""
+        f = torch.fft.rfftfreq(c.n_times, 1 / c.sfreq).double()
+        w = CLASS_BAND_RAMP_HZ
+        return torch.stack([((f - lo) / w + 0.5).clamp(0, 1) * ((hi - f) / w + 0.5).clamp(0, 1)
+                            for lo, hi in CLASS_BANDS]).float()
+
     def subject_index(self, subjects) -> torch.Tensor:
         """Subject numbers (array-like) -> indices into the subject embedding."""
         pos = {int(s): i for i, s in enumerate(self.config.subjects or ())}
@@ -248,7 +291,8 @@ class GPT2Generator(nn.Module):
         """z (B, n_tokens, n_embd) noise, y (B,) class, subject (B,) subject index when the generator
         is subject-conditioned -> (B, n_chans, n_times) standardized units."""
         c = self.config
-        cond = self.class_embedding(y)
+        spectral = c.class_effect == "spectral"
+        cond = torch.zeros(y.shape[0], c.condition_size, device=z.device) if spectral else self.class_embedding(y)
         if c.subject_count:
             if subject is None:
                 raise ValueError("this generator is subject-conditioned: pass subject indices")
@@ -258,5 +302,7 @@ class GPT2Generator(nn.Module):
         x = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, c.patch_size)
         x = x.permute(0, 2, 1, 3).reshape(z.shape[0], c.n_chans, c.n_times)
         x = torch.einsum("cd,bdt->bct", self.spatial, self.smooth(x)) * torch.exp(self.gain(z[:, 0]))[:, :, None]
-        return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * (self.band_response * self.calibration[y]), n=c.n_times,
-                               dim=-1)
+        response = self.band_response * self.calibration[y]
+        if spectral:
+            response = response * torch.exp(self.class_gain[y] @ self.class_basis)
+        return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * response, n=c.n_times, dim=-1)

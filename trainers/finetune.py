@@ -87,6 +87,8 @@ def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_s
             generator.calibration.fill_(1.0)
         if "class" in parts:
             generator.class_embedding.reset_parameters()
+            if hasattr(generator, "class_gain"):
+                generator.class_gain.zero_()
         if "critic" in parts:
             critic.load_state_dict(type(critic)(critic.config).state_dict())
 
@@ -117,6 +119,7 @@ def adapt_to_target(generator, critic, cfg: dict, pretrained_info: dict, target_
     `finetune.reinit` restarts, then subject embeddings for the target's subjects. Returns the parts
     restarted (recorded as `finetune_reinit`)."""
     reinit = resolve_reinit(cfg["finetune"]["reinit"], pretrained_info, target_info)
+    generator.set_class_effect(cfg["gan"]["class_effect"])
     restart_on_target(generator, critic, reinit, standardizer.transform(train.X), cfg["gan"]["gain_spread"])
     condition_on_subjects(generator, critic, target_subjects(cfg, train))
     return reinit

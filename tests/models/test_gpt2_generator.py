@@ -137,3 +137,39 @@ def test_subject_conditioning_changes_the_output_and_draws_training_proportions(
     assert odd[0] == 0 and odd[1] >= 5 and odd.sum() == 7  # floor(7 * 0.75) = 5, the rest drawn by share
     g.set_subjects(None)  # back to class only
     assert g.sample_subjects(3) is None and not hasattr(g, "subject_embedding") and g(z, y).shape == (4, 5, 64)
+
+
+def test_spectral_class_effect_moves_only_band_power_per_channel():
+    torch.manual_seed(0)
+    g = GPT2Generator(tiny(n_times=640, patch_size=32, n_positions=32, class_effect="spectral", sfreq=160.0,
+                           l_freq=4.0, h_freq=40.0)).eval()
+    z = g.sample_noise(4)
+    y0, y1 = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    # GPT-2 sees no class: with a zero gain both classes render the same noise identically ...
+    assert torch.equal(g(z, y0), g(z, y1))
+    # ... and a class's mu gain at one channel scales that channel's 8-13 Hz amplitude and nothing else.
+    with torch.no_grad():
+        g.class_gain[1, 2, 1] = 0.5
+    x0, x1 = g(z, y0), g(z, y1)
+    assert torch.equal(x0[:, [0, 1, 3, 4]], x1[:, [0, 1, 3, 4]])
+    f = torch.fft.rfftfreq(640, 1 / 160.0)
+    ratio = torch.fft.rfft(x1[:, 2]).abs() / torch.fft.rfft(x0[:, 2]).abs()
+    mu, beta = (f >= 9) & (f <= 12), (f >= 15) & (f <= 29)
+    assert torch.allclose(ratio[:, mu], torch.full_like(ratio[:, mu], float(torch.e ** 0.5)), rtol=1e-3)
+    assert torch.allclose(ratio[:, beta], torch.ones_like(ratio[:, beta]), rtol=1e-3)
+    (x1.pow(2).sum()).backward()
+    assert g.class_gain.grad[1].abs().sum() > 0 and g.class_embedding.weight.grad is None
+
+
+def test_switching_the_class_effect_starts_a_fresh_gain_and_rejects_unknown_modes():
+    g = GPT2Generator(tiny(n_times=640, patch_size=32, n_positions=32, sfreq=160.0))
+    assert not hasattr(g, "class_gain")
+    g.set_class_effect("spectral")
+    assert g.config.class_effect == "spectral" and g.class_gain.abs().sum() == 0
+    assert "class_gain" in dict(g.named_parameters())
+    g.set_class_effect("embedding")
+    assert not hasattr(g, "class_gain") and g.config.class_effect == "embedding"
+    with pytest.raises(UserError, match="gan.class_effect"):
+        g.set_class_effect("spatial")
+    with pytest.raises(UserError, match="sampling rate"):
+        GPT2Generator(tiny(class_effect="spectral"))

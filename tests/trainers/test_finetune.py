@@ -70,6 +70,23 @@ def test_gpt2xcnn_fine_tunes_the_pretrained_gan_on_imagery(assets, tmp_path, mon
     assert any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
+def test_fine_tuning_can_move_the_class_into_the_spectral_gain(assets, tmp_path, monkeypatch):
+    """An embedding-pretrained GAN fine-tuned with gan.class_effect=spectral: the class acts only through
+    the learned band gain, which training moves, and the run loads back with it (generate mode)."""
+    _, _, runs = assets
+    assert finetune(assets, tmp_path, monkeypatch, "model_name=gpt2xcnn", f"pretrained_finetune_path={runs['gan']}",
+                    f"pretrained_classifier_path={runs['shallow']}", "gan.class_effect=spectral") == 0
+    run = (tmp_path / "checkpoints" / "gpt2xcnn" / "latest").resolve()
+    assert json.loads((run / "gan.json").read_text())["generator"]["class_effect"] == "spectral"
+    from safetensors.torch import load_file
+
+    assert np.abs(load_file(str(run / "generator.safetensors"))["class_gain"].numpy()).max() > 0
+    from trainers.generate import load_generator
+
+    g = load_generator(run).generator
+    assert g.config.class_effect == "spectral" and g.class_gain.abs().max() > 0
+
+
 def test_gpt2scnn_from_scratch_is_the_ablation(assets, tmp_path, monkeypatch):
     _, _, runs = assets
     assert finetune(assets, tmp_path, monkeypatch, "model_name=gpt2scnn", "fine_tune=false", TRIO,
