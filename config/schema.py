@@ -222,9 +222,10 @@ SCHEMA: dict[str, Any] = {
                                    "subjects in their training proportions"),
         "class_effect": _str("embedding", "where the class acts in the generator: embedding (a class embedding "
                              "fed to GPT-2 with the noise) or spectral (only a learned per-class, per-channel "
-                             "gain of the theta/mu/beta/gamma bands on the output; GPT-2 sees no class). "
-                             "Fine-tuning uses this value whatever the pretrained run used",
-                             choices=("embedding", "spectral")),
+                             "gain of the theta/mu/beta/gamma bands on the output; GPT-2 sees no class) or spatial "
+                             "(only a per-class gain of 2 learned spatial components per band). Fine-tuning "
+                             "uses this value whatever the pretrained run used",
+                             choices=("embedding", "spectral", "spatial")),
         "calibrate": _str("class", "after training, fit a per-channel output magnitude response so the generated "
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, or none", choices=("class", "pooled", "none")),

@@ -26,12 +26,15 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import GPT2Config, GPT2Model
 
 from utils.errors import UserError
 
-CLASS_EFFECTS = ("embedding", "spectral")
-# Frequency bands (Hz) of the "spectral" class effect: the band-power features the class difference is
+CLASS_EFFECTS = ("embedding", "spectral", "spatial")
+# Spatial components per band of the "spatial" class effect (CSP keeps the extreme filters of each end).
+CLASS_COMPONENTS = 2
+# Frequency bands (Hz) of the "spectral" and "spatial" class effects: the band-power features the class difference is
 # measured in. Neighbours overlap in 1 Hz linear ramps so the gains sum to a smooth response.
 CLASS_BANDS = ((4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 40.0))
 CLASS_BAND_RAMP_HZ = 1.0
@@ -52,7 +55,9 @@ class GPT2GeneratorConfig:
     subjects: list[int] | None = None
     # Where the class acts (gan.class_effect): "embedding", a class embedding fed to GPT-2 with the
     # noise, free to shape anything; "spectral", only a learned per-class, per-channel gain of the
-    # theta/mu/beta/gamma bands (CLASS_BANDS) on the output, GPT-2 seeing no class at all.
+    # theta/mu/beta/gamma bands (CLASS_BANDS) on the output, GPT-2 seeing no class at all; "spatial",
+    # only a per-class gain of CLASS_COMPONENTS learned spatial components per band (a low-rank change of
+    # the band covariance, the model behind CSP), GPT-2 again seeing no class.
     class_effect: str = "embedding"
     noise_variance: float = 1.0
     vocab_size: int = 1
@@ -106,8 +111,8 @@ class GPT2GeneratorConfig:
                             f"{self.n_positions}; raise n_positions (and n_ctx) or gan.patch_size")
         if self.class_effect not in CLASS_EFFECTS:
             raise UserError(f"config key 'gan.class_effect': {self.class_effect!r} is not one of {', '.join(CLASS_EFFECTS)}")
-        if self.class_effect == "spectral" and self.sfreq is None:
-            raise UserError("config key 'gan.class_effect': 'spectral' needs the data's sampling rate")
+        if self.class_effect != "embedding" and self.sfreq is None:
+            raise UserError(f"config key 'gan.class_effect': {self.class_effect!r} needs the data's sampling rate")
         if self.n_embd % self.n_head:
             raise UserError(f"config key 'n_head': {self.n_head} does not divide n_embd ({self.n_embd})")
 
@@ -235,16 +240,30 @@ class GPT2Generator(nn.Module):
         per channel and band. Why: the real left/right difference that carries from session to session
         is the level of mu/beta power per channel (README, session 8), while the rest of the sample's
         class difference is sampling noise; a class input that can move only those few directions
-        cannot reproduce the noise as class structure. Switching modes (fine-tuning) starts a fresh gain."""
+        cannot reproduce the noise as class structure. "spatial" adds a zero-initialised `class_gain`
+        (class_count, n_bands, CLASS_COMPONENTS) and `class_pattern` (n_bands, CLASS_COMPONENTS, n_chans):
+        each class scales the band-limited signal along a few learned spatial patterns, as a focal
+        desynchronisation changes the band covariance along its source's topography instead of
+        scaling whole channels, shared background included. Switching modes (fine-tuning) starts a
+        fresh gain."""
         if mode not in CLASS_EFFECTS:
             raise UserError(f"config key 'gan.class_effect': {mode!r} is not one of {', '.join(CLASS_EFFECTS)}")
-        if hasattr(self, "class_gain") and mode != "spectral":
-            del self.class_gain
-        if mode == "spectral" and not hasattr(self, "class_gain"):
-            c = self.config
-            device = self.class_embedding.weight.device
-            self.class_gain = nn.Parameter(torch.zeros(c.class_count, c.n_chans, len(CLASS_BANDS), device=device))
-            if not hasattr(self, "class_basis"):
+        c = self.config
+        device = self.class_embedding.weight.device
+        if mode != c.class_effect or not hasattr(self, "class_gain"):
+            for name in ("class_gain", "class_pattern"):
+                if hasattr(self, name):
+                    delattr(self, name)
+            if mode == "spectral":
+                self.class_gain = nn.Parameter(torch.zeros(c.class_count, c.n_chans, len(CLASS_BANDS), device=device))
+            elif mode == "spatial":
+                # Gains start at 0 (no class difference); the unit patterns at random directions, since
+                # with a zero gain a pattern gets no gradient and any fixed start would be a saddle.
+                self.class_gain = nn.Parameter(torch.zeros(c.class_count, len(CLASS_BANDS), CLASS_COMPONENTS,
+                                                           device=device))
+                self.class_pattern = nn.Parameter(torch.randn(len(CLASS_BANDS), CLASS_COMPONENTS, c.n_chans,
+                                                              device=device) / c.n_chans ** 0.5)
+            if mode != "embedding" and not hasattr(self, "class_basis"):
                 self.register_buffer("class_basis", self._class_basis(c).to(device), persistent=False)
         self.config.class_effect = mode
 
@@ -291,8 +310,10 @@ class GPT2Generator(nn.Module):
         """z (B, n_tokens, n_embd) noise, y (B,) class, subject (B,) subject index when the generator
         is subject-conditioned -> (B, n_chans, n_times) standardized units."""
         c = self.config
-        spectral = c.class_effect == "spectral"
-        cond = torch.zeros(y.shape[0], c.condition_size, device=z.device) if spectral else self.class_embedding(y)
+        if c.class_effect == "embedding":
+            cond = self.class_embedding(y)
+        else:
+            cond = torch.zeros(y.shape[0], c.condition_size, device=z.device)
         if c.subject_count:
             if subject is None:
                 raise ValueError("this generator is subject-conditioned: pass subject indices")
@@ -302,7 +323,14 @@ class GPT2Generator(nn.Module):
         x = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, c.patch_size)
         x = x.permute(0, 2, 1, 3).reshape(z.shape[0], c.n_chans, c.n_times)
         x = torch.einsum("cd,bdt->bct", self.spatial, self.smooth(x)) * torch.exp(self.gain(z[:, 0]))[:, :, None]
-        response = self.band_response * self.calibration[y]
-        if spectral:
-            response = response * torch.exp(self.class_gain[y] @ self.class_basis)
-        return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * response, n=c.n_times, dim=-1)
+        spec = torch.fft.rfft(x, dim=-1)
+        if c.class_effect == "spectral":
+            spec = spec * torch.exp(self.class_gain[y] @ self.class_basis)
+        elif c.class_effect == "spatial":
+            # Per band b and component k: the part of the band-limited signal along the unit pattern u_bk
+            # is scaled by exp(gain[y, b, k]); everything orthogonal to the patterns is left as it is.
+            u = F.normalize(self.class_pattern, dim=-1)                                  # (nb, k, C)
+            proj = torch.einsum("nkc,bcf,nf->bnkf", u.to(spec.dtype), spec, self.class_basis.to(spec.dtype))
+            scale = torch.expm1(self.class_gain[y]).to(spec.dtype)                        # (B, nb, k)
+            spec = spec + torch.einsum("nkc,bnkf->bcf", u.to(spec.dtype), proj * scale[..., None])
+        return torch.fft.irfft(spec * (self.band_response * self.calibration[y]), n=c.n_times, dim=-1)

@@ -170,6 +170,28 @@ def test_switching_the_class_effect_starts_a_fresh_gain_and_rejects_unknown_mode
     g.set_class_effect("embedding")
     assert not hasattr(g, "class_gain") and g.config.class_effect == "embedding"
     with pytest.raises(UserError, match="gan.class_effect"):
-        g.set_class_effect("spatial")
+        g.set_class_effect("channel")
     with pytest.raises(UserError, match="sampling rate"):
         GPT2Generator(tiny(class_effect="spectral"))
+
+
+def test_spatial_class_effect_scales_one_band_component_and_leaves_the_rest():
+    torch.manual_seed(0)
+    g = GPT2Generator(tiny(n_times=640, patch_size=32, n_positions=32, class_effect="spatial", sfreq=160.0,
+                           l_freq=4.0, h_freq=40.0)).eval()
+    z = g.sample_noise(8)
+    y0, y1 = torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long)
+    assert torch.equal(g(z, y0), g(z, y1))  # zero gains: GPT-2 sees no class, so no class difference
+    with torch.no_grad():
+        g.class_gain[1, 1, 0] = -1.0  # class 1: the first mu component at exp(-1) of its amplitude
+    s0, s1 = torch.fft.rfft(g(z, y0)), torch.fft.rfft(g(z, y1))
+    f = torch.fft.rfftfreq(640, 1 / 160.0)
+    mu, beta = (f >= 9) & (f <= 12), (f >= 15) & (f <= 29)
+    u = torch.nn.functional.normalize(g.class_pattern[1, 0].detach(), dim=0)
+    along = lambda s: torch.einsum("c,bcf->bf", u.to(s.dtype), s)[:, mu]
+    assert torch.allclose(along(s1), along(s0) * torch.e ** -1, rtol=1e-3, atol=1e-5)
+    resid = lambda s: s[..., mu] - u.to(s.dtype)[None, :, None] * along(s)[:, None]
+    assert torch.allclose(resid(s1), resid(s0), atol=1e-4)  # orthogonal to the pattern: unchanged
+    assert torch.allclose(s1[..., beta], s0[..., beta], atol=1e-4)
+    torch.fft.irfft(s1).pow(2).sum().backward()
+    assert g.class_pattern.grad.abs().sum() > 0 and g.class_gain.grad.abs().sum() > 0
