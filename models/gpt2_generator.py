@@ -34,8 +34,8 @@ from utils.errors import UserError
 CLASS_EFFECTS = ("embedding", "spectral", "spatial")
 # Spatial components per band of the "spatial" class effect (CSP keeps the extreme filters of each end).
 CLASS_COMPONENTS = 2
-# Frequency bands (Hz) of the "spectral" and "spatial" class effects: the band-power features the class difference is
-# measured in. Neighbours overlap in 1 Hz linear ramps so the gains sum to a smooth response.
+# Frequency bands (Hz) of the "spectral" and "spatial" class effects: the band-power features the class
+# difference is measured in. Neighbours overlap in 1 Hz linear ramps so the gains sum to a smooth response.
 CLASS_BANDS = ((4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 40.0))
 CLASS_BAND_RAMP_HZ = 1.0
 
@@ -110,7 +110,8 @@ class GPT2GeneratorConfig:
                             f"(n_times {self.n_times} / patch_size {self.patch_size}) but n_positions is "
                             f"{self.n_positions}; raise n_positions (and n_ctx) or gan.patch_size")
         if self.class_effect not in CLASS_EFFECTS:
-            raise UserError(f"config key 'gan.class_effect': {self.class_effect!r} is not one of {', '.join(CLASS_EFFECTS)}")
+            raise UserError(f"config key 'gan.class_effect': {self.class_effect!r} is not one of "
+                            f"{', '.join(CLASS_EFFECTS)}")
         if self.class_effect != "embedding" and self.sfreq is None:
             raise UserError(f"config key 'gan.class_effect': {self.class_effect!r} needs the data's sampling rate")
         if self.n_embd % self.n_head:
@@ -249,6 +250,8 @@ class GPT2Generator(nn.Module):
         if mode not in CLASS_EFFECTS:
             raise UserError(f"config key 'gan.class_effect': {mode!r} is not one of {', '.join(CLASS_EFFECTS)}")
         c = self.config
+        if mode != "embedding" and c.sfreq is None:
+            raise UserError(f"config key 'gan.class_effect': {mode!r} needs the data's sampling rate")
         device = self.class_embedding.weight.device
         if mode != c.class_effect or not hasattr(self, "class_gain"):
             for name in ("class_gain", "class_pattern"):

@@ -139,12 +139,16 @@ def test_subject_conditioning_changes_the_output_and_draws_training_proportions(
     assert g.sample_subjects(3) is None and not hasattr(g, "subject_embedding") and g(z, y).shape == (4, 5, 64)
 
 
-def test_spectral_class_effect_moves_only_band_power_per_channel():
+def class_effect_generator(mode: str, n: int):
+    """A 4 s, 160 Hz generator whose class acts through `mode`, n noise vectors, and both label sets."""
     torch.manual_seed(0)
-    g = GPT2Generator(tiny(n_times=640, patch_size=32, n_positions=32, class_effect="spectral", sfreq=160.0,
+    g = GPT2Generator(tiny(n_times=640, patch_size=32, n_positions=32, class_effect=mode, sfreq=160.0,
                            l_freq=4.0, h_freq=40.0)).eval()
-    z = g.sample_noise(4)
-    y0, y1 = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    return g, g.sample_noise(n), torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)
+
+
+def test_spectral_class_effect_moves_only_band_power_per_channel():
+    g, z, y0, y1 = class_effect_generator("spectral", 4)
     # GPT-2 sees no class: with a zero gain both classes render the same noise identically ...
     assert torch.equal(g(z, y0), g(z, y1))
     # ... and a class's mu gain at one channel scales that channel's 8-13 Hz amplitude and nothing else.
@@ -176,11 +180,7 @@ def test_switching_the_class_effect_starts_a_fresh_gain_and_rejects_unknown_mode
 
 
 def test_spatial_class_effect_scales_one_band_component_and_leaves_the_rest():
-    torch.manual_seed(0)
-    g = GPT2Generator(tiny(n_times=640, patch_size=32, n_positions=32, class_effect="spatial", sfreq=160.0,
-                           l_freq=4.0, h_freq=40.0)).eval()
-    z = g.sample_noise(8)
-    y0, y1 = torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long)
+    g, z, y0, y1 = class_effect_generator("spatial", 8)
     assert torch.equal(g(z, y0), g(z, y1))  # zero gains: GPT-2 sees no class, so no class difference
     with torch.no_grad():
         g.class_gain[1, 1, 0] = -1.0  # class 1: the first mu component at exp(-1) of its amplitude
