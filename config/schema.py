@@ -228,7 +228,8 @@ SCHEMA: dict[str, Any] = {
                              choices=("embedding", "spectral", "spatial")),
         "calibrate": _str("class", "after training, fit a per-channel output magnitude response so the generated "
                           "class-mean power spectra equal the real training data's: per class, pooled over "
-                          "classes, or none", choices=("class", "pooled", "none")),
+                          "classes, band (pooled, plus one factor per class, channel and theta/mu/beta/gamma band), "
+                          "or none", choices=("class", "pooled", "band", "none")),
     },
     "finetune": {
         "adv_weight": _float(0.02, "weight of the adversarial loss while fine-tuning (replaces gan.adv_weight)", lo=0),

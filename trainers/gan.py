@@ -705,7 +705,8 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
     by exactly g^2: one pass of g = sqrt(P_real / P_generated) removes the bias, up to the sampling
     noise of both means, which `smooth_hz`-wide frequency averaging keeps small. mode "class" fits
     one response per class (the class-mean spectra, lateralisation included, become the real ones);
-    "pooled" fits one for both classes (the generated class difference is kept as trained); "none"
+    "pooled" fits one for both classes (the generated class difference is kept as trained); "band" fits
+    the pooled one and, per class, one factor per channel and CLASS_BANDS band on top of it; "none"
     leaves the generator as trained. Only bins inside the pass band are changed; gains are clipped
     to [0.5, 2] (a 4x power correction at most). Returns summary numbers of the applied gains.
     """
@@ -716,16 +717,26 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
     df = sfreq / X.shape[-1]
     k = max(1, int(round(smooth_hz / df))) | 1  # odd, centred window
 
-    def class_psd(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def class_psd(x: torch.Tensor, labels: torch.Tensor, pooled: bool) -> torch.Tensor:
         p = torch.stack([torch.fft.rfft(x[labels == c].double(), dim=-1).abs().pow(2).mean(0)
                          for c in range(classes)])                       # (classes, C, F)
-        if mode == "pooled":
+        if pooled:
             p = p.mean(0, keepdim=True).expand_as(p)
         return F.avg_pool1d(p.reshape(-1, 1, p.shape[-1]), k, stride=1, padding=k // 2,
                             count_include_pad=False).reshape(p.shape)
 
     fake, y_fake = generate(gen, n_per_class, seed, device)
-    ratio = class_psd(X, y) / class_psd(fake, y_fake).clamp_min(1e-30)
+    if mode == "band":
+        # The pooled response at full resolution, and per class only a deviation from it that is constant
+        # within each CLASS_BANDS band: the class-mean band power becomes the real one, without the sample's
+        # bin-by-bin class difference (mostly sampling noise, README session 9).
+        log_class = torch.log(class_psd(X, y, False) / class_psd(fake, y_fake, False).clamp_min(1e-30))
+        log_pooled = torch.log(class_psd(X, y, True) / class_psd(fake, y_fake, True).clamp_min(1e-30))
+        basis = GPT2Generator._class_basis(gen.config).double()                        # (n_bands, F)
+        dev = torch.einsum("kcf,nf->kcn", log_class - log_pooled, basis) / basis.sum(-1)
+        ratio = torch.exp(log_pooled + torch.einsum("kcn,nf->kcf", dev, basis))
+    else:
+        ratio = class_psd(X, y, mode == "pooled") / class_psd(fake, y_fake, mode == "pooled").clamp_min(1e-30)
     gain = ratio.sqrt().clamp(0.5, 2.0)
     passband = gen.band_response.detach().cpu().double().pow(2) > 0.01  # X and the samples are on the CPU
     gain = torch.where(passband, gain, torch.ones_like(gain)).float()

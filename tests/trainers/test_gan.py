@@ -341,6 +341,26 @@ def test_pooled_calibration_shares_one_response_and_none_leaves_the_generator_al
     assert gen.calibration[:, :, band].mean().item() == pytest.approx(1.3, rel=0.05)
 
 
+def test_band_calibration_keeps_class_band_levels_and_drops_narrow_class_differences():
+    gen = _tiny_generator()
+    X, y = gan.generate(gen, 400, seed=1, device="cpu")
+    freqs = torch.fft.rfftfreq(640, 1 / 160.0)
+    mu, narrow = (freqs >= 8) & (freqs < 13), (freqs >= 20) & (freqs < 22)
+    response = torch.ones(2, 3, len(freqs))
+    response[0, 0, mu] = 1.5          # a class difference of mu level: kept
+    response[1, 1, narrow] = 0.6      # a 2 Hz class difference inside beta: averaged over 13-30 Hz, nearly gone
+    response[:, 2, narrow] = 1.4      # a narrow feature both classes share: the pooled response keeps it
+    X = torch.fft.irfft(torch.fft.rfft(X) * response[y], n=640)
+    gan.calibrate_spectrum(gen, X, y, 160.0, "band", seed=2, device="cpu")
+    cal = gen.calibration
+    inner_mu = (freqs >= 9.5) & (freqs < 11.5)
+    assert cal[0, 0, inner_mu].mean().item() == pytest.approx(1.5, rel=0.1)
+    assert cal[1, 0, inner_mu].mean().item() == pytest.approx(1.0, rel=0.1)
+    inner = (freqs >= 20.5) & (freqs < 21.5)
+    assert cal[0, 1, inner].mean().item() == pytest.approx(cal[1, 1, inner].mean().item(), rel=0.1)
+    assert cal[:, 2, inner].mean().item() == pytest.approx(1.4 * 0.9, rel=0.12)  # 2 Hz smoothing of a 2 Hz bump
+
+
 def test_a_run_with_too_few_generator_updates_is_warned(make_cfg, tmp_path, capsys):
     run(make_cfg, tmp_path / "w", "gan.figure_every=10", "epochs=1")
     out = capsys.readouterr().out
