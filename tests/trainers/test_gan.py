@@ -301,16 +301,22 @@ def _tiny_generator(n_chans=3):
                                              n_head=2, sfreq=160.0, l_freq=4.0, h_freq=40.0))
 
 
+def _known_response_trials(gen, cells):
+    """'Real' trials: the generator's own output (400 per class) through a known per-class, per-channel
+    amplitude response; cells: (class or slice, channel, lo Hz, hi Hz, factor). Returns X, y, rfft freqs."""
+    X, y = gan.generate(gen, 400, seed=1, device="cpu")
+    freqs = torch.fft.rfftfreq(640, 1 / 160.0)
+    response = torch.ones(2, gen.config.n_chans, len(freqs))
+    for cls, ch, lo, hi, factor in cells:
+        response[cls, ch, (freqs >= lo) & (freqs < hi)] = factor
+    return torch.fft.irfft(torch.fft.rfft(X) * response[y], n=640), y, freqs
+
+
 def test_spectral_calibration_recovers_a_known_per_class_channel_response():
     gen = _tiny_generator()
     # "Real" trials: the generator's own output with a known class- and channel-specific filter,
     # amplitude x1.5 at 8-13 Hz on channel 0 of class 0 and x0.7 at 18-25 Hz on channel 1 of class 1.
-    X, y = gan.generate(gen, 400, seed=1, device="cpu")
-    freqs = torch.fft.rfftfreq(640, 1 / 160.0)
-    mu, beta = (freqs >= 8) & (freqs < 13), (freqs >= 18) & (freqs < 25)
-    response = torch.ones(2, 3, len(freqs))
-    response[0, 0, mu], response[1, 1, beta] = 1.5, 0.7
-    X = torch.fft.irfft(torch.fft.rfft(X) * response[y], n=640)
+    X, y, freqs = _known_response_trials(gen, [(0, 0, 8, 13, 1.5), (1, 1, 18, 25, 0.7)])
     info = gan.calibrate_spectrum(gen, X, y, 160.0, "class", seed=2, device="cpu")
     assert info["calibration_gain_db_max_abs"] > 2.5  # 20 log10(1.5) = 3.5 dB, smoothed at the band edges
     inner_mu, inner_beta = (freqs >= 9.5) & (freqs < 11.5), (freqs >= 19.5) & (freqs < 23.5)
@@ -343,14 +349,11 @@ def test_pooled_calibration_shares_one_response_and_none_leaves_the_generator_al
 
 def test_band_calibration_keeps_class_band_levels_and_drops_narrow_class_differences():
     gen = _tiny_generator()
-    X, y = gan.generate(gen, 400, seed=1, device="cpu")
-    freqs = torch.fft.rfftfreq(640, 1 / 160.0)
-    mu, narrow = (freqs >= 8) & (freqs < 13), (freqs >= 20) & (freqs < 22)
-    response = torch.ones(2, 3, len(freqs))
-    response[0, 0, mu] = 1.5          # a class difference of mu level: kept
-    response[1, 1, narrow] = 0.6      # a 2 Hz class difference inside beta: averaged over 13-30 Hz, nearly gone
-    response[:, 2, narrow] = 1.4      # a narrow feature both classes share: the pooled response keeps it
-    X = torch.fft.irfft(torch.fft.rfft(X) * response[y], n=640)
+    X, y, freqs = _known_response_trials(gen, [
+        (0, 0, 8, 13, 1.5),             # a class difference of mu level: kept
+        (1, 1, 20, 22, 0.6),            # a 2 Hz class difference inside beta: averaged over 13-30 Hz, nearly gone
+        (slice(None), 2, 20, 22, 1.4),  # a narrow feature both classes share: the pooled response keeps it
+    ])
     gan.calibrate_spectrum(gen, X, y, 160.0, "band", seed=2, device="cpu")
     cal = gen.calibration
     inner_mu = (freqs >= 9.5) & (freqs < 11.5)
