@@ -109,11 +109,6 @@ class GPT2GeneratorConfig:
             raise UserError(f"config keys 'n_positions'/'gan.patch_size': a trial is {self.n_tokens} tokens "
                             f"(n_times {self.n_times} / patch_size {self.patch_size}) but n_positions is "
                             f"{self.n_positions}; raise n_positions (and n_ctx) or gan.patch_size")
-        if self.class_effect not in CLASS_EFFECTS:
-            raise UserError(f"config key 'gan.class_effect': {self.class_effect!r} is not one of "
-                            f"{', '.join(CLASS_EFFECTS)}")
-        if self.class_effect != "embedding" and self.sfreq is None:
-            raise UserError(f"config key 'gan.class_effect': {self.class_effect!r} needs the data's sampling rate")
         if self.n_embd % self.n_head:
             raise UserError(f"config key 'n_head': {self.n_head} does not divide n_embd ({self.n_embd})")
 
@@ -332,8 +327,8 @@ class GPT2Generator(nn.Module):
         elif c.class_effect == "spatial":
             # Per band b and component k: the part of the band-limited signal along the unit pattern u_bk
             # is scaled by exp(gain[y, b, k]); everything orthogonal to the patterns is left as it is.
-            u = F.normalize(self.class_pattern, dim=-1)                                  # (nb, k, C)
-            proj = torch.einsum("nkc,bcf,nf->bnkf", u.to(spec.dtype), spec, self.class_basis.to(spec.dtype))
+            u = F.normalize(self.class_pattern, dim=-1).to(spec.dtype)                   # (nb, k, C)
+            proj = torch.einsum("nkc,bcf,nf->bnkf", u, spec, self.class_basis.to(spec.dtype))
             scale = torch.expm1(self.class_gain[y]).to(spec.dtype)                        # (B, nb, k)
-            spec = spec + torch.einsum("nkc,bnkf->bcf", u.to(spec.dtype), proj * scale[..., None])
+            spec = spec + torch.einsum("nkc,bnkf->bcf", u, proj * scale[..., None])
         return torch.fft.irfft(spec * (self.band_response * self.calibration[y]), n=c.n_times, dim=-1)

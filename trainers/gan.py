@@ -729,9 +729,11 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
     if mode == "band":
         # The pooled response at full resolution, and per class only a deviation from it that is constant
         # within each CLASS_BANDS band: the class-mean band power becomes the real one, without the sample's
-        # bin-by-bin class difference (mostly sampling noise, README session 9).
-        log_class = torch.log(class_psd(X, y, False) / class_psd(fake, y_fake, False).clamp_min(1e-30))
-        log_pooled = torch.log(class_psd(X, y, True) / class_psd(fake, y_fake, True).clamp_min(1e-30))
+        # bin-by-bin class difference (at the level of sampling noise, README session 8). The smoothing is
+        # linear, so the pooled spectra are the class means of the smoothed class spectra.
+        p_real, p_fake = class_psd(X, y, False), class_psd(fake, y_fake, False).clamp_min(1e-30)
+        log_class = torch.log(p_real / p_fake)
+        log_pooled = torch.log(p_real.mean(0, keepdim=True) / p_fake.mean(0, keepdim=True))
         basis = GPT2Generator._class_basis(gen.config).double()                        # (n_bands, F)
         dev = torch.einsum("kcf,nf->kcn", log_class - log_pooled, basis) / basis.sum(-1)
         ratio = torch.exp(log_pooled + torch.einsum("kcn,nf->kcf", dev, basis))
