@@ -10,7 +10,8 @@ speed: one training step of the default gpt2cgan config (critic update with grad
 plus the generator update every gan.critic_steps batches) on random trials of the default data
 shape. Reports real trials consumed per second, the step's FLOPs counted with
 torch.utils.flop_counter.FlopCounterMode, the achieved GFLOP/s, and that as a fraction of the
-dense float32 matmul GFLOP/s measured in the same process with the same thread count.
+dense float32 matmul GFLOP/s measured in the same process with the same thread count. Step times
+are medians of --steps single steps, the matmul rate the median of rates measured between them.
 
 transfer: pretrains gpt2cgan on the source data, then trains on the target data (the `data`
 section) for --epochs epochs twice, once starting from the pretrained networks and once from
@@ -115,17 +116,22 @@ def speed(args) -> dict:
             step(kind)
         flops[kind] = fc.get_total_flops()
     k = cfg["gan"]["critic_steps"]
-    times = {}
+    # Medians of single steps, and of matmul rates measured between them: on a shared machine a
+    # burst of other work hits a few steps, and a mean over all of them would carry it.
+    times, mms = {False: [], True: []}, [matmul_gflops()]
     for kind in (False, True):
         step(kind)
-        t = time.perf_counter()
-        for _ in range(args.steps):
+        for i in range(args.steps):
+            t = time.perf_counter()
             step(kind)
-        times[kind] = (time.perf_counter() - t) / args.steps
+            times[kind].append(time.perf_counter() - t)
+            if i % 5 == 4:
+                mms.append(matmul_gflops())
+    times = {kind: float(np.median(v)) for kind, v in times.items()}
     # One "cycle" = k critic steps, the last of which also updates the generator.
     cycle_s = (k - 1) * times[False] + times[True]
     cycle_flops = (k - 1) * flops[False] + flops[True]
-    mm = matmul_gflops()
+    mm = float(np.median(mms))
     achieved = cycle_flops / cycle_s / 1e9
     return {"threads": torch.get_num_threads(), "batch_size": bs, "critic_steps": k,
             "subjects": G.config.subject_count, "overrides": args.set,

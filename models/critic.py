@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from utils.fft import rfft
+
 
 @dataclass
 class CriticConfig:
@@ -72,8 +74,12 @@ class Critic(nn.Module):
         if config.spectral:
             self.spatial = nn.Linear(config.n_chans, config.n_chans, bias=False)
             nn.init.eye_(self.spatial.weight)
-            self.register_buffer("bins", band_bins(config.n_times, config.sfreq, config.f_lo, config.f_hi,
-                                                   config.bin_hz), persistent=False)
+            bins = band_bins(config.n_times, config.sfreq, config.f_lo, config.f_hi, config.bin_hz)
+            # Only the rfft bins some band averages: the rest of the spectrum is never squared (or
+            # differentiated twice by the gradient penalty).
+            used = torch.nonzero(bins.sum(0)).flatten()
+            self.bin_lo, self.bin_hi = int(used.min()), int(used.max()) + 1
+            self.register_buffer("bins", bins[:, self.bin_lo:self.bin_hi].contiguous(), persistent=False)
             self.spectral_mlp = nn.Sequential(nn.Linear(config.n_chans * self.bins.shape[0], 4 * w),
                                               nn.LeakyReLU(0.2))
             n_feat += 4 * w
@@ -96,8 +102,10 @@ class Critic(nn.Module):
         h = self.temporal(x)
         feats = [h.mean(-1), (h.var(-1) + 1e-6).sqrt()]
         if self.config.spectral:
-            s = self.spatial(x.transpose(1, 2)).transpose(1, 2)
-            power = torch.fft.rfft(s, dim=-1).abs().pow(2) / x.shape[-1]
+            # Spatial filtering commutes with the FFT, so it is applied to the few bins kept, and
+            # |X|^2 is re^2 + im^2 (abs() costs a sign and a division in every backward pass).
+            spec = torch.view_as_real(rfft(x)[..., self.bin_lo:self.bin_hi])       # (B, C, F, 2)
+            power = torch.einsum("dc,bcfr->bdfr", self.spatial.weight, spec).square().sum(-1) / x.shape[-1]
             logp = torch.log(power @ self.bins.T + 1e-3)  # floor keeps grad_x bounded (GP)
             feats.append(self.spectral_mlp(logp.flatten(1)))
         return torch.cat(feats, dim=1)

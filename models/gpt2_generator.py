@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from transformers import GPT2Config, GPT2Model
 
 from utils.errors import UserError
+from utils.fft import rfft
 
 CLASS_EFFECTS = ("embedding", "spectral", "spatial")
 # Spatial components per band of the "spatial" class effect (CSP keeps the extreme filters of each end).
@@ -321,7 +322,7 @@ class GPT2Generator(nn.Module):
         x = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, c.patch_size)
         x = x.permute(0, 2, 1, 3).reshape(z.shape[0], c.n_chans, c.n_times)
         x = torch.einsum("cd,bdt->bct", self.spatial, self.smooth(x)) * torch.exp(self.gain(z[:, 0]))[:, :, None]
-        spec = torch.fft.rfft(x, dim=-1)
+        spec = rfft(x)
         if c.class_effect == "spectral":
             spec = spec * torch.exp(self.class_gain[y] @ self.class_basis)
         elif c.class_effect == "spatial":

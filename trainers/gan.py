@@ -35,6 +35,7 @@ from models.gpt2_generator import GPT2Generator, GPT2GeneratorConfig
 from trainers.common import GracefulInterrupt, MetricsLog, check_finite, load_training_state, save_training_state
 from utils import distributed as dist
 from utils.checkpoint import write_json
+from utils.fft import rfft
 from utils.runtime import autocast, seed_everything
 
 BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 40.0)}
@@ -289,9 +290,10 @@ class SpectralTargets(torch.nn.Module):
         n = (p.shape[-1] // self.per) * self.per
         return p[..., :n].reshape(*p.shape[:-1], -1, self.per).mean(-1)
 
-    def envelope(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, T) -> (B, n_env_bands, C, n_win): band-limited power (FFT mask) averaged per window."""
-        Xf = torch.fft.rfft(x, dim=-1)
+    def envelope(self, x: torch.Tensor, Xf: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, T) -> (B, n_env_bands, C, n_win): band-limited power (FFT mask) averaged per window.
+        Xf: rfft(x) when the caller has it."""
+        Xf = rfft(x) if Xf is None else Xf
         xb = torch.fft.irfft(Xf[:, None] * self.env_mask[None, :, None, :].to(x.device), n=x.shape[-1], dim=-1)
         return xb[..., :self.n_win * self.win].pow(2).reshape(*xb.shape[:-1], self.n_win, self.win).mean(-1)
 
@@ -301,10 +303,11 @@ class SpectralTargets(torch.nn.Module):
         log = torch.log(env_mean + 1e-8)
         return log - log.mean(-1, keepdim=True)
 
-    def features(self, x: torch.Tensor) -> dict:
+    def features(self, x: torch.Tensor, Xf: torch.Tensor | None = None) -> dict:
         """Band covariances straight from the spectrum (Parseval): the same numbers as
-        band-passing with an FFT mask and taking x x^T / n_times, without the inverse FFTs."""
-        Xf = torch.fft.rfft(x, dim=-1) * self.weight.to(x.device)
+        band-passing with an FFT mask and taking x x^T / n_times, without the inverse FFTs.
+        Xf: rfft(x) when the caller has it."""
+        Xf = (rfft(x) if Xf is None else Xf) * self.weight.to(x.device)
         covs = []
         for idx in self.band_idx:
             Z = Xf[..., idx.to(x.device)]
@@ -323,10 +326,11 @@ class SpectralTargets(torch.nn.Module):
     def losses(self, x: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None = None) -> dict:
         """Generated x with labels y (and subject indices) -> {"moment", "spectrum", "contrast",
         "band_cls", "subject_moment", "envelope", "trial_cov"} losses (classes with fewer than 2 trials in the batch are skipped)."""
-        f = self.features(x)
+        Xf = rfft(x)
+        f = self.features(x, Xf)
         moment, spectrum, envelope, n = x.new_zeros(()), x.new_zeros(()), x.new_zeros(()), 0
         means, wcovs = {}, {}
-        env = self.envelope(x) if self.n_win >= 2 else None
+        env = self.envelope(x, Xf) if self.n_win >= 2 else None
         for c in range(self.logbp_mean.shape[0]):
             sel = y == c
             if sel.sum() < 2:
@@ -782,7 +786,10 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
     alpha = torch.rand(len(idx))[local].to(device)
     with torch.no_grad():
         fake = G(z, *cond)
-    d_real, d_fake = D(real, *cond).mean(), D(fake, *cond).mean()
+    # Real and fake in one critic pass: the critic is per-trial, and one batch of 2B keeps its
+    # convolutions' matrix products larger than two batches of B.
+    scores = D(torch.cat([real, fake]), *(torch.cat([c, c]) for c in cond))
+    d_real, d_fake = scores[:len(real)].mean(), scores[len(real):].mean()
     gp = gradient_penalty(D, real, fake, y, alpha, cond[1] if len(cond) > 1 else None)
     loss_d = d_fake - d_real + gan["gp_weight"] * gp
     opt_d.zero_grad(set_to_none=True)
