@@ -495,6 +495,9 @@ def main(argv=None) -> int:
                    help="quality: generated trials per class for the *_n band-power and lateralisation numbers")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from utils.runtime import tune_allocator
+
+    print(f"glibc allocator tuned as in training: {tune_allocator()}")
     try:
         from threadpoolctl import threadpool_limits
 

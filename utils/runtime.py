@@ -1,7 +1,9 @@
-"""Device choice, seeding and thread counts."""
+"""Device choice, seeding, thread counts and the memory allocator."""
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import random
 import warnings
 
@@ -36,7 +38,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def tune_allocator() -> bool:
+    """glibc: serve every block up to 32 MB from the heap and keep freed memory there. By default
+    glibc maps the GAN step's multi-megabyte activations with mmap and hands them back when freed,
+    so every step faults the same pages in again; kept, the step is about 7% faster (README,
+    "Performance"). True when glibc took both settings."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) & bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def set_threads(cfg: dict) -> int:
+    """Torch threads from `training.num_threads` (BLAS pools at 1), and `tune_allocator`."""
+    tune_allocator()
     n = cfg["training"]["num_threads"] or os.cpu_count() or 1
     torch.set_num_threads(n)
     try:  # keep BLAS from oversubscribing small eigendecompositions (CSP, covariance)
