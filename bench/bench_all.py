@@ -229,6 +229,9 @@ def main(argv=None) -> int:
     p.add_argument("--gan-steps", type=int, default=5)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from utils.runtime import tune_allocator
+
+    print(f"glibc allocator tuned as in training: {tune_allocator()}")
     try:
         from threadpoolctl import threadpool_limits
 

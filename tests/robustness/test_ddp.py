@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -28,7 +29,13 @@ def gan_args(data_path, cache_dir, out, *extra):
     return ["--mode", "training"] + [a for s in sets for a in ("--set", s)]
 
 
-def test_two_process_gan_matches_single_process(data_path, cache_dir, tmp_path):
+@pytest.mark.parametrize("variant", [
+    [],
+    # the spectral class path (its class gains, GPT-2 seeing no class) and the generator's weight
+    # average, whose buffers every rank must update alike
+    ["gan.class_effect=spectral", "gan.generator_ema=0.9"],
+], ids=["default", "spectral-ema"])
+def test_two_process_gan_matches_single_process(data_path, cache_dir, tmp_path, variant):
     dump = tmp_path / "dump"
     dump.mkdir()
     env = {**os.environ, "DDP_DUMP": str(dump), "OMP_NUM_THREADS": "1"}
@@ -36,7 +43,7 @@ def test_two_process_gan_matches_single_process(data_path, cache_dir, tmp_path):
         env.pop(v, None)
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         str(ROOT / "tests" / "robustness" / "ddp_driver.py"),
-                        *gan_args(data_path, cache_dir, tmp_path / "ddp", "parallel=true")],
+                        *gan_args(data_path, cache_dir, tmp_path / "ddp", "parallel=true", *variant)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
@@ -53,7 +60,7 @@ def test_two_process_gan_matches_single_process(data_path, cache_dir, tmp_path):
             assert torch.equal(a[k], b[k]), k
 
     # and equal, up to float reduction order, to one process with the same global batch
-    assert cli.main(gan_args(data_path, cache_dir, tmp_path / "single")) == 0
+    assert cli.main(gan_args(data_path, cache_dir, tmp_path / "single", *variant)) == 0
     single = next((tmp_path / "single" / "gpt2cgan").glob("2*"))
     for name, i in (("generator", 0), ("critic", 1)):
         one = load_file(str(single / f"{name}.safetensors"))
