@@ -67,7 +67,7 @@ def worker(me: str, other: str, root: str, token: Path, out: Path, steps: int, t
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("a", help="the other checkout")
+    p.add_argument("a", nargs="?", help="the other checkout")
     p.add_argument("b", nargs="?", default=str(HERE), help="this checkout (default: the one this script is in)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
@@ -78,6 +78,8 @@ def main(argv=None) -> int:
         me, other, root, token, out = args.worker
         worker(me, other, root, Path(token), Path(out), args.steps, args.threads, args.set)
         return 0
+    if not args.a:
+        p.error("name the other checkout")
     import numpy as np
 
     roots = {"A": str(Path(args.a).resolve()), "B": str(Path(args.b).resolve())}
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
         token = Path(tmp) / "turn"
         token.write_text("A")
         common = ["--steps", str(args.steps), "--threads", str(args.threads)] + [x for s in args.set for x in ("--set", s)]
-        procs = [subprocess.Popen([sys.executable, __file__, "x", *common, "--worker", me, other, roots[me], str(token),
+        procs = [subprocess.Popen([sys.executable, __file__, *common, "--worker", me, other, roots[me], str(token),
                                    str(Path(tmp) / f"{me}.json")])
                  for me, other in (("A", "B"), ("B", "A"))]
         if any(proc.wait() for proc in procs):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 import random
+import sys
 import warnings
 
 import numpy as np
