@@ -86,7 +86,8 @@ def bench_gan_step(steps: int, overrides: list[str]) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_gan
 
-    return bench_gan.speed(argparse.Namespace(steps=steps, set=[o for o in overrides if not o.startswith("data")]))
+    return bench_gan.speed(argparse.Namespace(steps=steps, subjects=10,
+                                              set=[o for o in overrides if not o.startswith("data")]))
 
 
 def run_workflow(overrides: list[str], mode: str) -> dict:
