@@ -3,8 +3,8 @@
 PyTorch differentiates a one-sided FFT by zero-padding the gradient to the full two-sided
 spectrum and running a complex-to-complex FFT over it. The adjoint of rfft is a (weighted)
 inverse real FFT of the one-sided gradient, half the work and no padding: on the GAN step
-(1 thread, batch 32, 21 x 640 trials; README "Performance") the gradient-penalty pass of the
-critic's spectral branch drops from 23.5 to 15.1 ms. The GAN differentiates through its FFTs once
+(1 thread, batch 32, 21 x 640 trials; README "Performance") a one-off micro-benchmark of the
+gradient-penalty pass of the critic's spectral branch dropped from 23.5 to 15.1 ms. The GAN differentiates through its FFTs once
 (generator losses) and twice (the gradient penalty through the critic), so both functions below
 are differentiable again in terms of each other.
 """
