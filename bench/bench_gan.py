@@ -81,19 +81,21 @@ def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def speed(args) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
-
+def default_step(root: Path, overrides: list[str], n_subjects: int):
+    """The default gpt2cgan training step of the checkout at `root` (whose config, models and trainers
+    are imported: `bench_step_ab.py` puts another checkout first on sys.path) on random trials of the
+    default data shape: (cfg, G, D, step), step(gen_step) one critic update plus, if gen_step, one
+    generator update."""
     from config.schema import load_config
     from trainers.gan import SpectralTargets, _train_step, build_models
 
-    cfg = load_config(ROOT / "config" / "config.json", ["model_name=gpt2cgan"] + args.set)
+    cfg = load_config(Path(root) / "config" / "config.json", ["model_name=gpt2cgan"] + overrides)
     n_chans, n_times, sfreq, bs = 21, 640, 160.0, cfg["batch_size"]
     torch.manual_seed(0)
     X = torch.randn(4 * bs, n_chans, n_times)
     y = torch.arange(4 * bs) % 2
     # Subject-conditioned like the default data (gan.subject_condition, S001-S010) unless --subjects < 2.
-    subjects = (np.arange(4 * bs) // 2) % args.subjects + 1 if args.subjects >= 2 and cfg["gan"]["subject_condition"] \
+    subjects = (np.arange(4 * bs) // 2) % n_subjects + 1 if n_subjects >= 2 and cfg["gan"]["subject_condition"] \
         else None
     G, D = build_models(cfg, n_chans, n_times, sfreq, subjects=subjects)
     s_tr = None if subjects is None else G.subject_index(subjects)
@@ -107,6 +109,14 @@ def speed(args) -> dict:
     def step(gen_step: bool):
         _train_step(cfg, G, D, opt_g, opt_d, targets, X, y, s_tr, idx, local, "cpu", None, 0, 0, gen_step)
 
+    return cfg, G, D, step
+
+
+def speed(args) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
+
+    cfg, G, D, step = default_step(ROOT, args.set, args.subjects)
+    bs = cfg["batch_size"]
     flops = {}
     for kind in (False, True):
         # FlopCounterMode's module tracker breaks torch.autograd.grad (the gradient penalty), so

@@ -4,7 +4,7 @@
 
 On a machine shared with other work, two benchmark runs minutes apart differ by 10-20% with the
 same code, which hides the effect of most changes. Here each checkout builds the default gpt2cgan
-step (as `bench_gan.py speed` does, on random trials of the default data shape) in its own process,
+step (`bench_gan.default_step`, the step `bench_gan.py speed` times) from its own code, in its own process,
 and the two take turns, one step each, so both see the same machine. Prints each side's median,
 quartiles and the ratio, and writes bench/results/step_ab.json. A checkout is any folder holding
 this project (e.g. `git worktree add ../old HEAD~3`); the --set overrides apply to both.
@@ -24,42 +24,27 @@ HERE = Path(__file__).resolve().parents[1]
 
 
 def worker(me: str, other: str, root: str, token: Path, out: Path, steps: int, threads: int, sets: list[str]) -> None:
-    sys.path.insert(0, root)
-    os.chdir(root)
-    import numpy as np
     import torch
 
+    sys.path.insert(0, str(HERE / "bench"))
+    import bench_gan  # inserts this checkout's root on sys.path ...
+
+    sys.path.insert(0, root)  # ... so the checkout measured goes in front of it
+    os.chdir(root)
     torch.set_num_threads(threads)
     try:  # what training does in that checkout, if it does
         from utils.runtime import tune_allocator
         tune_allocator()
     except ImportError:
         pass
-    from config.schema import load_config
-    from trainers.gan import SpectralTargets, _train_step, build_models
-
-    cfg = load_config(Path(root) / "config" / "config.json", ["model_name=gpt2cgan"] + sets)
-    bs = cfg["batch_size"]
-    torch.manual_seed(0)
-    X, y = torch.randn(4 * bs, 21, 640), torch.arange(4 * bs) % 2
-    subjects = (np.arange(4 * bs) // 2) % 10 + 1
-    G, D = build_models(cfg, 21, 640, 160.0, subjects=subjects)
-    s_tr = G.subject_index(subjects) if G.config.subject_count else None
-    targets = SpectralTargets(X, y, 160.0, subject=s_tr, subject_count=G.config.subject_count,
-                              envelope=cfg["gan"]["envelope_weight"] > 0)
-    opt_g, opt_d = torch.optim.Adam(G.parameters(), lr=1e-4), torch.optim.Adam(D.parameters(), lr=1e-4)
-    idx = np.arange(bs)
-
-    def step():
-        _train_step(cfg, G, D, opt_g, opt_d, targets, X, y, s_tr, idx, slice(0, bs), "cpu", None, 0, 0, True)
-
-    step()
+    _, _, _, step = bench_gan.default_step(Path(root), sets, n_subjects=10)
+    step(True)
     times = []
     for _ in range(steps + 1):  # the first timed step of each side is a warm-up, dropped below
         while token.read_text().strip() != me:
             time.sleep(0.0005)
         t = time.perf_counter()
-        step()
+        step(True)  # critic and generator update, as every step of the default (critic_steps 1)
         times.append(time.perf_counter() - t)
         token.write_text(other)
     out.write_text(json.dumps(times[1:]))
