@@ -101,8 +101,12 @@ def default_step(root: Path, overrides: list[str], n_subjects: int):
     s_tr = None if subjects is None else G.subject_index(subjects)
     targets = SpectralTargets(X, y, sfreq, subject=s_tr, subject_count=G.config.subject_count,
                               envelope=cfg["gan"]["envelope_weight"] > 0)
-    opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    try:  # the trainer's optimisers; checkouts before session 11 built plain Adam in fit_gan
+        from trainers.gan import build_optimizers
+        opt_g, opt_d = build_optimizers(cfg, G, D, "cpu")
+    except ImportError:
+        opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9))
+        opt_d = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.9))
     idx = np.arange(bs)
     local = slice(0, bs)
 

@@ -108,7 +108,7 @@ SCHEMA: dict[str, Any] = {
     "n_layer": _int(4, "GPT-2 transformer blocks", lo=1, hi=48),
     "n_head": _int(4, "GPT-2 attention heads (must divide n_embd)", lo=1),
     "n_inner": _int(None, "GPT-2 MLP size (null: 4 * n_embd)", lo=1, nullable=True),
-    "activation_function": _str("gelu_new", "GPT-2 MLP activation", choices=ACTIVATIONS),
+    "activation_function": _str("gelu_pytorch_tanh", "GPT-2 MLP activation", choices=ACTIVATIONS),
     "resid_pdrop": _float(0.0, "GPT-2 residual dropout", lo=0, hi=1),
     "embd_pdrop": _float(0.0, "GPT-2 embedding dropout", lo=0, hi=1),
     "attn_pdrop": _float(0.0, "GPT-2 attention dropout", lo=0, hi=1),

@@ -67,7 +67,7 @@ class GPT2GeneratorConfig:
     n_layer: int = 4
     n_head: int = 4
     n_inner: int | None = None
-    activation_function: str = "gelu_new"
+    activation_function: str = "gelu_pytorch_tanh"
     resid_pdrop: float = 0.0
     embd_pdrop: float = 0.0
     attn_pdrop: float = 0.0
