@@ -200,6 +200,11 @@ SCHEMA: dict[str, Any] = {
         "shrink_contrast": _bool(False, "shrink each element of the real right-minus-left difference (log band "
                                  "power, band covariance, log spectrum) towards 0 by its sampling noise before "
                                  "the generator matches it: max(0, 1 - noise / d^2) of it is kept"),
+        "class_bands": Spec((list,), None, "bands (theta, mu, beta, gamma) whose real left/right difference the "
+                            "generator's class targets and class calibration keep; in the others both classes get "
+                            "the class-averaged statistic (null: all four)", nullable=True,
+                            item=_str(None, "", choices=("theta", "mu", "beta", "gamma")),
+                            check=lambda v: "names a band twice" if v is not None and len(set(v)) != len(v) else None),
         "generator_ema": _float(0.0, "decay of an exponential moving average of the generator's weights, "
                                 "updated after every generator step; the averaged weights are what the run "
                                 "saves and samples from (0: the last weights)", lo=0, hi=0.9999),

@@ -54,6 +54,23 @@ MIN_GENERATOR_UPDATES = 100
 
 # --- spectral statistics and the objectives built on them -------------------------------------
 
+def band_mask(freqs: torch.Tensor, bands) -> torch.Tensor:
+    """True where a frequency lies in one of the named BANDS."""
+    m = torch.zeros(freqs.shape, dtype=torch.bool)
+    for b in bands:
+        lo, hi = BANDS[b]
+        m |= (freqs >= lo) & (freqs < hi)
+    return m
+
+
+def _equalise(pair: torch.Tensor, where: torch.Tensor, dim: int) -> None:
+    """In place: both rows of a (2, ...) class pair take their mean at the indices `where` of `dim`."""
+    idx = torch.nonzero(where).flatten().to(pair.device)
+    if len(idx):
+        sel = pair.index_select(dim, idx)
+        pair.index_copy_(dim, idx, sel.mean(0, keepdim=True).expand_as(sel).contiguous())
+
+
 class SpectralTargets(torch.nn.Module):
     """Class-conditional spectral statistics of real trials, and losses pulling a batch towards them.
 
@@ -68,7 +85,7 @@ class SpectralTargets(torch.nn.Module):
     def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2,
                  band_classifier: bool = True, ema_decay: float = 0.9, subject: torch.Tensor | None = None,
                  subject_count: int = 0, envelope: bool = True, trial_cov: bool = False,
-                 shrink_contrast: bool = False):
+                 shrink_contrast: bool = False, class_bands=None):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -85,6 +102,15 @@ class SpectralTargets(torch.nn.Module):
         stats = [self._stats(X[y == c]) for c in range(class_count)]
         for name in ("logbp_mean", "logbp_std", "cov", "logpsd"):
             self.register_buffer(name, torch.stack([s[name] for s in stats]))
+        # gan.class_bands: the bands whose class difference is a target (module docstring of
+        # `restrict_class_bands`); the rest get the class-averaged statistic.
+        self.class_bands = tuple(BANDS) if class_bands is None else tuple(class_bands)
+        self.restricted = class_count == 2 and set(self.class_bands) != set(BANDS)
+        if self.restricted:
+            self._restrict(self.logbp_mean, self.cov, self.logbp_std)
+            psd_f = freqs[self.psd_sel]
+            psd_f = psd_f[:(len(psd_f) // self.per) * self.per].reshape(-1, self.per).mean(-1)
+            _equalise(self.logpsd, ~band_mask(psd_f, self.class_bands), dim=-1)
         self.class_contrast_kept: dict = {}  # mean part of the class difference kept, per statistic
         self.class_contrast_noise: dict = {}  # per statistic: (|d|^2, what sampling noise alone gives)
         if shrink_contrast and class_count == 2:
@@ -101,6 +127,8 @@ class SpectralTargets(torch.nn.Module):
             with torch.no_grad():
                 self.register_buffer("logenv", torch.stack([self._shape(self.envelope(X[y == c]).mean(0))
                                                             for c in range(class_count)]))
+            if self.restricted:
+                _equalise(self.logenv, torch.tensor([b not in self.class_bands for b in ENVELOPE_BANDS]), dim=1)
             self.register_buffer("ema_env", torch.zeros_like(self.logenv))
         # Class contrast (right minus left): the part of the statistics that carries the label. It is
         # a few percent of the statistics themselves, so it gets its own, self-normalised term.
@@ -155,16 +183,22 @@ class SpectralTargets(torch.nn.Module):
             n_cells = self.subject_count * class_count
             cell = subject * class_count + y
             logbp = torch.zeros((n_cells,) + self.logbp_mean.shape[1:])
-            wcov = torch.zeros((n_cells,) + self.wcov.shape[1:])
+            cov = torch.zeros((n_cells,) + self.wcov.shape[1:])
             present = torch.zeros(n_cells, dtype=torch.bool)
             noise = torch.zeros(n_cells)  # per cell: summed variance of its mean log band power
             for k in range(n_cells):
                 count = int((cell == k).sum())
                 if count:
                     f = self.features(X[cell == k])
-                    logbp[k], wcov[k], present[k] = f["logbp"].mean(0), self._whitened(f["cov"].mean(0)), True
+                    logbp[k], cov[k], present[k] = f["logbp"].mean(0), f["cov"].mean(0), True
                     if count > 1:
                         noise[k] = (f["logbp"].var(0) / count).sum()
+            if self.restricted:
+                for s in range(self.subject_count):
+                    if present[2 * s] and present[2 * s + 1]:
+                        lb_s, cov_s = logbp[2 * s:2 * s + 2], cov[2 * s:2 * s + 2]
+                        self._restrict(lb_s, cov_s)
+            wcov = self._whitened(cov)
             if class_count == 2:
                 self._shrink_subject_contrast(logbp, wcov, present, noise)
             self.register_buffer("cell_logbp", logbp)
@@ -173,6 +207,24 @@ class SpectralTargets(torch.nn.Module):
             self.register_buffer("ema_cell_logbp", torch.zeros_like(logbp))
             self.register_buffer("ema_cell_wcov", torch.zeros_like(wcov))
             self.register_buffer("ema_cell_count", torch.zeros(n_cells))
+
+    def _restrict(self, logbp: torch.Tensor, cov: torch.Tensor, logbp_std: torch.Tensor | None = None) -> None:
+        """In place, on (2, n_stat_bands, ...) class pairs: drop the class difference of the bands outside
+        `class_bands`. The broadband covariance keeps the sum of the kept bands' differences (it is the
+        sum of the bands' covariances plus the filter skirts), its log power the matching relative change."""
+        drop = torch.tensor([b not in self.class_bands for b in BANDS] + [False])
+        broad = len(BANDS)
+        keep = ~drop
+        keep[broad] = False
+        d_cov = (cov[1, keep] - cov[0, keep]).sum(0)
+        d_pow = (logbp[1, keep].exp() - logbp[0, keep].exp()).sum(0)
+        for t in (logbp, cov) + ((logbp_std,) if logbp_std is not None else ()):
+            _equalise(t, drop, dim=1)
+        mid = cov[:, broad].mean(0)
+        cov[0, broad], cov[1, broad] = mid - d_cov / 2, mid + d_cov / 2
+        mid = logbp[:, broad].mean(0)
+        half = d_pow / (2 * mid.exp())
+        logbp[0, broad], logbp[1, broad] = mid - half, mid + half
 
     def _shrink_subject_contrast(self, logbp, wcov, present, noise) -> None:
         """Shrink each subject's right-minus-left difference towards the pooled one, James-Stein style.
@@ -277,7 +329,10 @@ class SpectralTargets(torch.nn.Module):
         from utils.metrics import blas_single_thread
 
         with torch.no_grad():
-            feats = self.features(X)["logbp"].flatten(1).double()
+            feats = self.features(X)["logbp"].double()
+        if self.restricted:  # constant features: zero weights
+            feats[:, [b not in self.class_bands for b in BANDS] + [False]] = 0
+        feats = feats.flatten(1)
         mu, sd = feats.mean(0), feats.std(0).clamp_min(1e-6)
         with blas_single_thread():
             lr = LogisticRegression(C=0.1, max_iter=500).fit(((feats - mu) / sd).numpy(), y.numpy())
@@ -557,7 +612,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                               subject=s_tr, subject_count=generator.config.subject_count,
                               envelope=g_cfg["envelope_weight"] > 0,
                               trial_cov=g_cfg["trial_cov_weight"] > 0,
-                              shrink_contrast=g_cfg["shrink_contrast"]).to(device)
+                              shrink_contrast=g_cfg["shrink_contrast"],
+                              class_bands=g_cfg["class_bands"]).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     opt_g, opt_d = build_optimizers(cfg, G, D, device)
     base_lr = [(opt, opt.param_groups[0]["lr"]) for opt in (opt_g, opt_d)]  # before a resume loads the last rates
@@ -671,7 +727,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
         dist.unwrap(G).load_state_dict(ema.module.state_dict())
     # After the last training state is saved, so a resumed run repeats the same calibration. Every
     # rank runs it (same weights, data and seed), so DDP replicas stay identical.
-    summary.update(calibrate_spectrum(G, Xtr, ytr, train.sfreq, g_cfg["calibrate"], seed + 2, device))
+    summary.update(calibrate_spectrum(G, Xtr, ytr, train.sfreq, g_cfg["calibrate"], seed + 2, device,
+                                      class_bands=g_cfg["class_bands"]))
     if not main:
         return summary
     if g_cfg["calibrate"] != "none":
@@ -698,7 +755,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
 
 @torch.no_grad()
 def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float, mode: str, seed: int, device,
-                       n_per_class: int = 512, smooth_hz: float = 2.0) -> dict:
+                       n_per_class: int = 512, smooth_hz: float = 2.0, class_bands=None) -> dict:
     """Fit the generator's output `calibration` so its class-mean power spectrum per channel equals
     that of the real trials X (standardized units, labels y).
 
@@ -709,7 +766,9 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
     "pooled" fits one for both classes (the generated class difference is kept as trained); "band" fits
     the pooled one and, per class, one factor per channel and CLASS_BANDS band on top of it; "none"
     leaves the generator as trained. Only bins inside the pass band are changed; gains are clipped
-    to [0.5, 2] (a 4x power correction at most). Returns summary numbers of the applied gains.
+    to [0.5, 2] (a 4x power correction at most). `class_bands` (gan.class_bands; None: all): outside
+    these bands the real class spectra are replaced by their class average before fitting ("class"),
+    or the per-class factors are 1 ("band"). Returns summary numbers of the applied gains.
     """
     if mode == "none":
         return {}
@@ -737,9 +796,15 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
         log_pooled = torch.log(p_real.mean(0, keepdim=True) / p_fake.mean(0, keepdim=True))
         basis = GPT2Generator._class_basis(gen.config).double()                        # (n_bands, F)
         dev = torch.einsum("kcf,nf->kcn", log_class - log_pooled, basis) / basis.sum(-1)
+        if class_bands is not None:
+            dev[..., [b not in class_bands for b in BANDS]] = 0
         ratio = torch.exp(log_pooled + torch.einsum("kcn,nf->kcf", dev, basis))
     else:
-        ratio = class_psd(X, y, mode == "pooled") / class_psd(fake, y_fake, mode == "pooled").clamp_min(1e-30)
+        p_real = class_psd(X, y, mode == "pooled")
+        if class_bands is not None and mode == "class":
+            drop = ~band_mask(torch.fft.rfftfreq(X.shape[-1], 1 / sfreq), class_bands)
+            p_real[..., drop] = p_real[..., drop].mean(0, keepdim=True)
+        ratio = p_real / class_psd(fake, y_fake, mode == "pooled").clamp_min(1e-30)
     gain = ratio.sqrt().clamp(0.5, 2.0)
     passband = gen.band_response.detach().cpu().double().pow(2) > 0.01  # X and the samples are on the CPU
     gain = torch.where(passband, gain, torch.ones_like(gain)).float()

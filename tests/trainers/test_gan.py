@@ -1,6 +1,7 @@
 """gpt2cgan on real recordings with a tiny model: run-folder contents, metrics, transfer source,
 determinism, resume, and the spectral objectives."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,6 +235,62 @@ def test_shrunk_class_contrast_keeps_a_real_difference_and_drops_noise():
     # the class-specific covariance difference off channel 1 is mostly gone as well
     off = lambda t: (t.cov[1] - t.cov[0])[:, [0, 2, 3]][:, :, [0, 2, 3]].abs().sum()  # noqa: E731
     assert off(shr) < 0.5 * off(raw)
+
+
+def test_class_bands_keep_the_class_difference_of_the_named_bands_only():
+    """gan.class_bands=["mu"]: the right-minus-left difference of every target (log band power, band
+    covariance, log spectrum, power time course, subject cells) survives in mu and is gone elsewhere;
+    the broadband statistics keep mu's share; the class-averaged targets do not move."""
+    torch.manual_seed(0)
+    y, s = torch.arange(120) % 2, (torch.arange(120) // 2) % 3
+    X = torch.randn(120, 4, 640)
+    X[y == 1, 1] *= 2.0                                # right trials 6 dB louder on channel 1, all bands
+    kw = dict(band_classifier=False, subject=s, subject_count=3)
+    raw, mu = gan.SpectralTargets(X, y, 160.0, **kw), gan.SpectralTargets(X, y, 160.0, class_bands=["mu"], **kw)
+    b_mu, broad = list(gan.BANDS).index("mu"), len(gan.BANDS)
+    others = [i for i in range(broad) if i != b_mu]
+    assert torch.allclose(mu.d_logbp[b_mu], raw.d_logbp[b_mu]) and mu.d_logbp[b_mu, 1] > 1.2  # ln 4 = 1.39
+    assert mu.d_logbp[others].abs().max() < 1e-6 and raw.d_logbp[others, 1].min() > 1.2
+    assert 0.05 < mu.d_logbp[broad, 1] < 0.5 * raw.d_logbp[broad, 1]   # mu is 5 of the ~80 Hz of white noise
+    assert mu.d_wcov[others].abs().max() < 1e-6 and torch.allclose(mu.d_wcov[b_mu], raw.d_wcov[b_mu], atol=1e-6)
+    cells = lambda t: t.cell_logbp[1::2] - t.cell_logbp[0::2]  # noqa: E731  (subjects, bands, channels)
+    assert cells(mu)[:, others].abs().max() < 1e-6 and cells(mu)[:, b_mu, 1].min() > 0.8
+    f = torch.arange(mu.logpsd.shape[-1]) + 4.5                       # ~1 Hz bins from 4 Hz
+    in_mu = (f >= 8) & (f < 13)
+    d_psd = mu.logpsd[1] - mu.logpsd[0]
+    assert d_psd[:, ~in_mu].abs().max() < 1e-6 and d_psd[1, in_mu].min() > 1.0
+    env = mu.logenv[1] - mu.logenv[0]
+    assert env[[0, 2]].abs().max() < 1e-6 and torch.equal(env[1], (raw.logenv[1] - raw.logenv[0])[1])
+    for name in ("logbp_mean", "logpsd"):
+        assert torch.allclose(getattr(mu, name).mean(0), getattr(raw, name).mean(0), atol=1e-5), name
+    assert torch.allclose(mu.cov.mean(0), raw.cov.mean(0), atol=1e-5)
+
+
+def test_class_calibration_with_class_bands_keeps_class_differences_inside_them_only():
+    gen = _tiny_generator()
+    X, y, freqs = _known_response_trials(gen, [(0, 0, 8, 13, 1.5), (1, 1, 18, 25, 0.7)])
+    gan.calibrate_spectrum(gen, X, y, 160.0, "class", seed=2, device="cpu", class_bands=["mu"])
+    cal = gen.calibration
+    inner_mu, inner_beta = (freqs >= 9.5) & (freqs < 11.5), (freqs >= 19.5) & (freqs < 23.5)
+    assert cal[0, 0, inner_mu].mean().item() == pytest.approx(1.5, rel=0.1)      # mu: per class, as before
+    assert cal[1, 0, inner_mu].mean().item() == pytest.approx(1.0, rel=0.1)
+    # beta: the class average of x0.7 and x1 in power, for both classes
+    both = ((0.7 ** 2 + 1) / 2) ** 0.5
+    assert cal[0, 1, inner_beta].mean().item() == pytest.approx(both, rel=0.1)
+    assert cal[1, 1, inner_beta].mean().item() == pytest.approx(both, rel=0.1)
+
+
+def test_class_bands_key_is_validated():
+    from config.schema import load_config
+    from utils.errors import UserError
+
+    root = Path(__file__).resolve().parents[2] / "config" / "config.json"
+    assert load_config(root, ['gan.class_bands=["mu","beta"]'])["gan"]["class_bands"] == ["mu", "beta"]
+    for bad, words in (('["alpha"]', "is not one of"), ('["mu","mu"]', "names a band twice"), ("[]", "empty"),
+                       ('"mu"', "expected a list")):
+        with pytest.raises(UserError, match=words) as e:
+            load_config(root, [f"gan.class_bands={bad}"])
+        assert "gan.class_bands" in str(e.value)
 
 
 def test_subject_conditioning_needs_two_subjects_and_the_key():
