@@ -182,7 +182,7 @@ def transfer(args) -> dict:
     # 1. pretraining on the source task
     t = time.perf_counter()
     seed_everything(seed)
-    src = load_splits(cfg_src, pretrain_data_cfg(cfg_src), seed=seed, progress=False)
+    src = load_splits(cfg_src, pretrain_data_cfg(cfg_src), seed=seed, progress=False).pooled()  # as the trainers do
     pre_dir = out / "pretrain"
     pre_dir.mkdir(parents=True, exist_ok=True)
     if args.reuse_pretrain and (pre_dir / "generator.safetensors").is_file():
@@ -195,7 +195,7 @@ def transfer(args) -> dict:
                    progress=not args.quiet, meta_extra={"data": src.info})
     pretrain_s = time.perf_counter() - t
 
-    tgt = load_splits(cfg_tgt, seed=seed, progress=False)
+    tgt = load_splits(cfg_tgt, seed=seed, progress=False).pooled()  # as the trainers do
     if args.target_per_class:  # the few-trial case: K random training trials per class of the target
         rng = np.random.default_rng(seed)
         keep = np.zeros(len(tgt.train), bool)
@@ -326,7 +326,7 @@ def quality(args) -> dict:
     folder = gan_folder(args.run)
     b = load_generator(folder)
     cfg = b.cfg
-    sp = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=False)
+    sp = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=False).pooled()  # the GAN's training trials
     Xg, yg = b.sample(int(np.bincount(sp.train.y).max()), seed=123)
     real = M.csp_lda_accuracy(sp.train.X, sp.train.y, sp.test.X, sp.test.y)
     tstr = M.csp_lda_accuracy(Xg, yg, sp.test.X, sp.test.y)
@@ -403,7 +403,7 @@ def diagnose(args) -> dict:
     cfg, g = b.cfg, b.generator
     if b.representation != "sensor":
         sys.exit(f"diagnose: {folder} is a {b.representation!r} run; only sensor-space runs are supported")
-    sp = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=False)
+    sp = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=False).pooled()  # the GAN's training trials
     std = b.standardizer
     Xtr = torch.from_numpy(std.transform(sp.train.X))
     ytr_t = torch.from_numpy(sp.train.y.astype(np.int64))

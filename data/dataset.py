@@ -1,7 +1,7 @@
 """Epoch sets, leak-free splits, training-only normalisation and the shuffling batch loader."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,26 @@ class EpochSet:
     @property
     def n_times(self) -> int:
         return self.X.shape[2]
+
+    def merged(self, other: "EpochSet") -> "EpochSet":
+        """These trials followed by `other`'s (the same channels and rate); rest epochs of recordings
+        this set already holds are not repeated."""
+        rest, rest_subject, rest_run = self.rest, self.rest_subject, self.rest_run
+        if other.rest is not None and other.rest_subject is not None:
+            if rest is None:
+                rest, rest_subject, rest_run = other.rest, other.rest_subject, other.rest_run
+            elif self.rest_subject is not None:
+                have = set(zip(self.rest_subject.tolist(), (self.rest_run if self.rest_run is not None
+                                                            else np.zeros(len(self.rest_subject))).tolist()))
+                o_run = other.rest_run if other.rest_run is not None else np.zeros(len(other.rest_subject))
+                new = np.array([p not in have for p in zip(other.rest_subject.tolist(), o_run.tolist())], bool)
+                rest = np.concatenate([rest, other.rest[new]])
+                rest_subject = np.concatenate([rest_subject, other.rest_subject[new]])
+                rest_run = None if rest_run is None or other.rest_run is None else \
+                    np.concatenate([rest_run, other.rest_run[new]])
+        return EpochSet(np.concatenate([self.X, other.X]), np.concatenate([self.y, other.y]),
+                        np.concatenate([self.subject, other.subject]), np.concatenate([self.run, other.run]),
+                        self.sfreq, list(self.ch_names), self.ch_pos, rest, rest_subject, rest_run)
 
     def subset(self, mask: np.ndarray) -> "EpochSet":
         keep_rest = None
@@ -94,6 +114,17 @@ class Splits:
     info: dict = field(default_factory=dict)
     source: object | None = None              # representation=source: data.sources.SourceModel
     sensor: "Splits | None" = None            # representation=source: the matching sensor-space splits
+
+    def pooled(self) -> "Splits":
+        """The validation trials moved into training, for trainers that select nothing on them: the GAN
+        trainers, whose held-out check is the test set. The evaluation's real-trained baselines use the
+        same pool (trainers.evaluate.RealData), so a generator sees every trial its yardstick sees; on a
+        five-subject pool that is 150 trials instead of 120."""
+        if not len(self.val):
+            return self
+        info = {**self.info, "n_train": len(self.train) + len(self.val), "n_val": 0}
+        return replace(self, train=self.train.merged(self.val), val=self.val.subset(np.zeros(len(self.val), bool)),
+                       info=info, sensor=None if self.sensor is None else self.sensor.pooled())
 
 
 def _stratified_holdout(y: np.ndarray, groups: np.ndarray, fraction: float, rng) -> np.ndarray:

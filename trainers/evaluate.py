@@ -60,10 +60,9 @@ class RealData:
         splits = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=progress)
         if splits.sensor is not None:  # representation=source: judge on the scalp, where bundle.sample() projects
             splits = splits.sensor
-        tr, va, te = splits.train, splits.val, splits.test
+        pool, te = splits.pooled().train, splits.test  # the trials a GAN run trains on
         self.info = splits.info
-        self.X_pool = np.concatenate([tr.X, va.X]) if len(va) else tr.X
-        self.y_pool = np.concatenate([tr.y, va.y]) if len(va) else tr.y
+        self.X_pool, self.y_pool = pool.X, pool.y
         self.X_test, self.y_test, self.subject_test = te.X, te.y, te.subject
         self.rest = te.rest
         self.sfreq, self.ch_names = float(te.sfreq), list(te.ch_names)

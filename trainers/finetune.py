@@ -163,7 +163,7 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
     classifier, cmeta = load_frozen_classifier(cfg, device)
     bundle = load_generator(cfg["pretrained_finetune_path"], device, with_critic=True) if cfg["fine_tune"] else None
     reinit = None
-    splits = load_splits(cfg, seed=seed, progress=dist.is_main())
+    splits = load_splits(cfg, seed=seed, progress=dist.is_main()).pooled()  # nothing is selected on validation
     train = splits.train
     check_matches(f"classifier {cfg['pretrained_classifier_path']}", cmeta, train, cfg["representation"])
     if bundle is not None:

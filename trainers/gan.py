@@ -589,7 +589,8 @@ def generate(generator, n_per_class: int, seed: int, device, batch_size: int = 2
 def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume: bool, splits, standardizer,
             generator: GPT2Generator, critic: Critic, extra_loss=None, meta_extra: dict | None = None,
             progress: bool = True, adv_weight: float | None = None, on_epoch=None) -> dict:
-    """Train (generator, critic) on splits.train; write the run-folder artefacts; return the summary.
+    """Train (generator, critic) on splits.train (the trainers pass `Splits.pooled()`: training and
+    validation trials); write the run-folder artefacts; return the summary.
 
     extra_loss(fake_std_units, y) -> (loss tensor, {metric: float}) is added to the generator loss
     (the fine-tuning trainers' frozen-classifier term). on_epoch(epoch, generator, row) runs on the
@@ -939,7 +940,7 @@ def build_models(cfg: dict, n_chans: int, n_times: int, sfreq: float,
 
 def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume: bool = False) -> dict:
     seed_everything(seed)
-    splits = load_splits(cfg, pretrain_data_cfg(cfg), seed=seed, progress=dist.is_main())
+    splits = load_splits(cfg, pretrain_data_cfg(cfg), seed=seed, progress=dist.is_main()).pooled()
     standardizer = Standardizer.fit(splits.train.X, cfg["data"]["normalize"])
     generator, critic = build_models(cfg, splits.train.n_chans, splits.train.n_times, splits.train.sfreq,
                                      X_init=standardizer.transform(splits.train.X), subjects=splits.train.subject)

@@ -59,6 +59,23 @@ def test_run_split_has_no_leak(make_cfg):
     assert sp.info["train_runs"] == [4, 8] and sp.info["test_runs"] == [12]
 
 
+def test_pooled_splits_train_on_validation_trials_too(make_cfg):
+    cfg = make_cfg("data.subjects=[1,2]")
+    sp = load_splits(cfg, progress=False)
+    po = sp.pooled()
+    assert len(po.train) == len(sp.train) + len(sp.val) and len(po.val) == 0 and po.test is sp.test
+    np.testing.assert_array_equal(po.train.X, np.concatenate([sp.train.X, sp.val.X]))
+    for k in ("y", "subject", "run"):
+        np.testing.assert_array_equal(getattr(po.train, k), np.concatenate([getattr(sp.train, k), getattr(sp.val, k)]))
+    # The rest epochs of each (subject, run) recording are there once, as in the unsplit training runs.
+    data = load_recordings(cfg, cfg["data"], progress=False)
+    unsplit = data.subset(np.isin(data.run, [4, 8]))
+    assert unsplit.rest is not None and len(sp.val.rest) > 0
+    assert len(po.train.rest) == len(unsplit.rest) < len(sp.train.rest) + len(sp.val.rest)
+    assert po.info["n_train"] == len(po.train) and po.info["n_val"] == 0 and sp.info["n_val"] == len(sp.val)
+    assert po.pooled() is po
+
+
 def test_subject_split_has_no_leak(make_cfg):
     sp = load_splits(make_cfg("data.subjects=[1,2,3]", "data.split=subject", "data.test_subjects=[3]"),
                      progress=False)

@@ -39,6 +39,10 @@ def test_pretrain_on_executed_runs_writes_a_complete_run_folder(make_cfg, tmp_pa
     assert meta["n_chans"] == 21 and meta["n_times"] == 640 and meta["sfreq"] == 160.0
     assert meta["data"]["source"]["task"] == "execution" and meta["data"]["train_runs"] == [3, 7]
     assert meta["generator"]["patch_size"] == 32 and len(meta["standardizer"]["std"]) == 21
+    # The GAN selects nothing on validation trials, so it trains on them too (Splits.pooled).
+    from data.dataset import load_splits, pretrain_data_cfg
+    sp = load_splits(cfg, pretrain_data_cfg(cfg), seed=cfg["seed"], progress=False)
+    assert len(sp.val) > 0 and (meta["data"]["n_train"], meta["data"]["n_val"]) == (len(sp.train) + len(sp.val), 0)
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein", "moment_loss", "spectrum_loss"):
