@@ -103,7 +103,7 @@ def default_step(root: Path, overrides: list[str], n_subjects: int):
                               envelope=cfg["gan"]["envelope_weight"] > 0)
     try:  # the trainer's optimisers; checkouts before session 11 built plain Adam in fit_gan
         from trainers.gan import build_optimizers
-        opt_g, opt_d = build_optimizers(cfg, G, D, "cpu")
+        opt_g, opt_d = build_optimizers(cfg, G, D)
     except ImportError:
         opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9))
         opt_d = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.9))

@@ -144,7 +144,7 @@ def test_diverging_gan_names_epoch_and_step_and_keeps_checkpoint(tmp_path, cache
     def gp_that_explodes(*a, **k):
         calls["n"] += 1
         out = real_gp(*a, **k)
-        return out * float("nan") if calls["n"] == 7 else out  # 24 training trials, batch 8: epoch 3, step 0
+        return out * float("nan") if calls["n"] == 9 else out  # 30 training trials, batch 8: epoch 3, step 0
 
     monkeypatch.setattr(gan, "gradient_penalty", gp_that_explodes)
     out = tmp_path / "out"
