@@ -102,8 +102,8 @@ class SpectralTargets(torch.nn.Module):
         stats = [self._stats(X[y == c]) for c in range(class_count)]
         for name in ("logbp_mean", "logbp_std", "cov", "logpsd"):
             self.register_buffer(name, torch.stack([s[name] for s in stats]))
-        # gan.class_bands: the bands whose class difference is a target (module docstring of
-        # `restrict_class_bands`); the rest get the class-averaged statistic.
+        # gan.class_bands: the bands whose class difference is a target (`_restrict`); the rest get the
+        # class-averaged statistic. Naming all four is the default, no restriction.
         self.class_bands = tuple(BANDS) if class_bands is None else tuple(class_bands)
         self.restricted = class_count == 2 and set(self.class_bands) != set(BANDS)
         if self.restricted:
@@ -196,8 +196,7 @@ class SpectralTargets(torch.nn.Module):
             if self.restricted:
                 for s in range(self.subject_count):
                     if present[2 * s] and present[2 * s + 1]:
-                        lb_s, cov_s = logbp[2 * s:2 * s + 2], cov[2 * s:2 * s + 2]
-                        self._restrict(lb_s, cov_s)
+                        self._restrict(logbp[2 * s:2 * s + 2], cov[2 * s:2 * s + 2])  # views: in place
             wcov = self._whitened(cov)
             if class_count == 2:
                 self._shrink_subject_contrast(logbp, wcov, present, noise)
@@ -773,6 +772,8 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
     """
     if mode == "none":
         return {}
+    if class_bands is not None and set(class_bands) == set(BANDS):
+        class_bands = None  # all four: no restriction (the filter skirts keep their class difference too)
     gen = dist.unwrap(generator)
     classes = gen.calibration.shape[0]
     df = sfreq / X.shape[-1]
