@@ -106,11 +106,12 @@ class SpectralTargets(torch.nn.Module):
         # class-averaged statistic. Naming all four is the default, no restriction.
         self.class_bands = tuple(BANDS) if class_bands is None else tuple(class_bands)
         self.restricted = class_count == 2 and set(self.class_bands) != set(BANDS)
+        # Per STAT_BANDS entry: a band whose class difference is dropped (never "broad").
+        self.dropped = torch.tensor([b in BANDS and b not in self.class_bands for b in STAT_BANDS])
         if self.restricted:
             self._restrict(self.logbp_mean, self.cov, self.logbp_std)
-            psd_f = freqs[self.psd_sel]
-            psd_f = psd_f[:(len(psd_f) // self.per) * self.per].reshape(-1, self.per).mean(-1)
-            _equalise(self.logpsd, ~band_mask(psd_f, self.class_bands), dim=-1)
+            # The spectrum target's ~1 Hz bins, binned like the power: their mean frequencies.
+            _equalise(self.logpsd, ~band_mask(self._psd(freqs), self.class_bands), dim=-1)
         self.class_contrast_kept: dict = {}  # mean part of the class difference kept, per statistic
         self.class_contrast_noise: dict = {}  # per statistic: (|d|^2, what sampling noise alone gives)
         if shrink_contrast and class_count == 2:
@@ -211,8 +212,8 @@ class SpectralTargets(torch.nn.Module):
         """In place, on (2, n_stat_bands, ...) class pairs: drop the class difference of the bands outside
         `class_bands`. The broadband covariance keeps the sum of the kept bands' differences (it is the
         sum of the bands' covariances plus the filter skirts), its log power the matching relative change."""
-        drop = torch.tensor([b not in self.class_bands for b in BANDS] + [False])
-        broad = len(BANDS)
+        drop = self.dropped
+        broad = list(STAT_BANDS).index("broad")
         keep = ~drop
         keep[broad] = False
         d_cov = (cov[1, keep] - cov[0, keep]).sum(0)
@@ -330,7 +331,7 @@ class SpectralTargets(torch.nn.Module):
         with torch.no_grad():
             feats = self.features(X)["logbp"].double()
         if self.restricted:  # constant features: zero weights
-            feats[:, [b not in self.class_bands for b in BANDS] + [False]] = 0
+            feats[:, self.dropped] = 0
         feats = feats.flatten(1)
         mu, sd = feats.mean(0), feats.std(0).clamp_min(1e-6)
         with blas_single_thread():
