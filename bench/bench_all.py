@@ -21,7 +21,6 @@ and BLAS threads (threadpoolctl).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -32,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from report import write_results  # noqa: E402  (bench/ is the script's folder)
 
-RESULTS = ROOT / "bench" / "results"
 QUICK = {"classifier": ["epochs=5"], "gpt2cgan": ["epochs=2"], "gpt2xcnn": ["epochs=1"]}
 TINY_EXTRA = ["data.subjects=[1,2]", "evaluation.augment_trials=[5]", "evaluation.augment_seeds=1",
               "evaluation.classifier_steps=5", "evaluation.figures=false"]
@@ -257,10 +256,8 @@ def main(argv=None) -> int:
     if "gpu" in parts and torch.cuda.is_available():
         res["gpu"] = bench_gpu(res["gan_step"], args.gan_steps, args.set)
     print(table(res))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "all.json" if parts >= {"edf", "classifier", "gan", "workflow"} else f"all-{'-'.join(sorted(parts))}.json"
-    (RESULTS / name).write_text(json.dumps(res, indent=2))
-    print(f"wrote {RESULTS / name}")
+    write_results(res, "all.json" if parts >= {"edf", "classifier", "gan", "workflow"}
+                  else f"all-{'-'.join(sorted(parts))}.json")
     return 0
 
 

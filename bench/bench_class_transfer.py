@@ -15,7 +15,6 @@ difference better than the pooled one does. The trials are the GAN's (training a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from report import write_results  # noqa: E402  (bench/ is the script's folder)
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -114,11 +114,7 @@ def main(argv=None) -> int:
     ps = res["per_subject_log_band_power"]
     print(f"per subject, log band power: cos(own difference, run 12) {ps['cos_own']:+.3f}, "
           f"cos(pooled difference, run 12) {ps['cos_pooled']:+.3f}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "class_transfer.json"
-    path.write_text(json.dumps(res, indent=2))
-    print(f"wrote {path}")
+    write_results(res, "class_transfer.json")
     return 0
 
 

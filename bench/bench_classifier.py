@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from config.schema import apply_overrides, read_json, validate  # noqa: E402
 from data.dataset import load_recordings  # noqa: E402
+from report import write_results  # noqa: E402  (bench/ is the script's folder)
 
 
 def riemann_pipeline():
@@ -180,10 +181,7 @@ def main() -> None:
     res["best_minus_riemann"] = within[best]["mean"] - within["riemann"]["mean"]
     print(f"\nbest CNN: {best} {within[best]['mean']:.3f} vs Riemannian {within['riemann']['mean']:.3f} "
           f"({100 * res['best_minus_riemann']:+.1f} points)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {out}")
+    write_results(res, Path(args.out).resolve())  # as given, relative to the working folder
 
 
 if __name__ == "__main__":

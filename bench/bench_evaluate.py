@@ -11,7 +11,6 @@ run, once with an empty reference cache (cold) and once with it filled (warm). T
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_results  # noqa: E402  (bench/ is the script's folder)
 
 
 def main() -> int:
@@ -74,10 +74,7 @@ def main() -> int:
         out["evaluate_headline"] = head
         print(f"\nevaluate_round on {run}: cold {times['cold']:.1f} s, warm {times['warm']:.1f} s "
               f"(torch threads {args.threads})")
-    res_dir = ROOT / "bench" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / "bench_evaluate.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
-    print(f"\nwritten: {res_dir / 'bench_evaluate.json'}")
+    write_results(out, "bench_evaluate.json")
     return 0
 
 

@@ -67,8 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+from report import RESULTS, write_results  # noqa: E402  (bench/ is the script's folder)
 
 
 def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
@@ -567,8 +566,7 @@ def main(argv=None) -> int:
         path = RESULTS / (args.results or "gan_transfer.json")
         plot_transfer(res, path.with_suffix(".png"))
         print(f"wrote {path.with_suffix('.png')}")
-    path.write_text(json.dumps(res, indent=2))
-    print(f"wrote {path}")
+    write_results(res, path)
     return 0
 
 

@@ -16,7 +16,6 @@ bench/results/real_features.json. Single-threaded BLAS (scipy/sklearn).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from report import write_results  # noqa: E402  (bench/ is the script's folder)
 
 WINDOW_S = 0.5
 
@@ -90,11 +90,7 @@ def main(argv=None) -> int:
     print(f"{'family':28s} {'features':>8s} {'cos(train, test) diff':>22s} {'LDA train->test':>16s}")
     for k, r in res["families"].items():
         print(f"{k:28s} {r['features']:8d} {r['cosine_train_test_difference']:+22.2f} {r['lda_train_to_test']:16.3f}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "real_features.json"
-    path.write_text(json.dumps(res, indent=2))
-    print(f"wrote {path}")
+    write_results(res, "real_features.json")
     return 0
 
 

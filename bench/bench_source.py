@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_results  # noqa: E402  (bench/ is the script's folder)
 
 
 def explained(ref: np.ndarray, rec: np.ndarray) -> float:
@@ -227,10 +227,7 @@ def main(argv=None) -> int:
     if args.gan_run:
         results["gan_diagnostics"] = gan_diagnostics(args.gan_run)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print(f"\nwrote {out}")
+    write_results(results, Path(args.out).resolve())  # as given, relative to the working folder
     return 0
 
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import write_results  # bench/ is the script's folder
+
 HERE = Path(__file__).resolve().parents[1]
 
 
@@ -87,9 +89,7 @@ def main(argv=None) -> int:
               f"{res[k]['p75_ms']:.1f})")
     res["b_over_a"] = res["B"]["median_ms"] / res["A"]["median_ms"]
     print(f"B / A = {res['b_over_a']:.3f}  (torch threads {args.threads})")
-    out = HERE / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "step_ab.json").write_text(json.dumps(res, indent=2))
+    write_results(res, "step_ab.json")
     return 0
 
 
