@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -45,8 +46,26 @@ def aggregate(results: list[dict]) -> dict:
 def run_training(cfg: dict, trainer, device: torch.device, run_dir: Path | None = None,
                  resume: bool = False, is_main: bool = True) -> tuple[Path, dict]:
     t0 = time.time()
-    if run_dir is None:
+    fresh = run_dir is None
+    if fresh:
         run_dir = new_run_dir(cfg) if is_main else None
+    try:
+        return _run_rounds(cfg, trainer, device, run_dir, resume, is_main, t0)
+    except UserError:
+        # Bad input found before anything was trained (a missing pretrained path, mismatched
+        # channels): no run happened, so no run folder holding only its config is left behind.
+        if fresh and is_main:
+            _remove_if_untrained(Path(run_dir))
+        raise
+
+
+def _remove_if_untrained(run_dir: Path) -> None:
+    files = [f for f in run_dir.rglob("*") if f.is_file()]
+    if all(f == run_dir / "config.json" for f in files):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_rounds(cfg, trainer, device, run_dir, resume, is_main, t0) -> tuple[Path, dict]:
     if resume and (Path(run_dir) / "config.json").is_file():
         check_compatible(json.loads((Path(run_dir) / "config.json").read_text()), cfg)
     if is_main:

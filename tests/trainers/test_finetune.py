@@ -121,6 +121,8 @@ def test_error_paths_exit_2_with_one_line(assets, tmp_path, monkeypatch, capsys,
     err = capsys.readouterr().err  # may also hold progress bars (\r-separated)
     line = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
     assert err.count("error:") == 1 and line.startswith("error:") and message in line, err
+    # Nothing was trained, so no run folder is left behind to be mistaken for a run.
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").rglob("config.json")), case
 
 
 def test_reinit_restarts_the_critic_and_the_output_stages_on_the_target():
