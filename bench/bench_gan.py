@@ -49,7 +49,12 @@ by quartiles of the real covariance's eigenvalues; the generated within-class va
 directions relative to the real one; a shrinkage LDA trained on generated or real trials and tested on
 the other sets; and the contrast term (0 = the real class difference, 1 = none) of the kept generator,
 evaluated on fresh training-style batches and through the training-time moving average, next to what
-metrics.jsonl recorded in the last epoch.
+metrics.jsonl recorded in the last epoch. Then CSP+LDA taken apart (`csp_*`, three generated sets of
+--per-class trials): CSP filters and LDA each fitted on real training or generated trials, tested on the
+held-out trials, so a failure can be put on the generated spatial filters or on the generated feature
+distribution; and the whitened class-covariance difference W (C_right - C_left) W (W = the real training
+trials' mean covariance^-1/2, what CSP's extreme eigenvalues come from): its norm and its cosine between
+generated, training and held-out trials.
 
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
 curves drawn in gan_transfer.png), gan_quality.json or gan_diagnose.json.
@@ -464,6 +469,7 @@ def diagnose(args) -> dict:
     out["contrast_moving_average_fresh_batches"] = float(contrast_ema)
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     out["contrast_training_last_epoch"] = rows[-1].get("contrast_loss") if rows else None
+    out.update(csp_decomposition(b, sp, args.per_class))
     # The real class difference against its sampling noise (gan.shrink_contrast's numbers): the
     # whitened band covariance is the target's, so it is reported in those units.
     shrunk = SpectralTargets(Xtr, ytr_t, b.sfreq, band_classifier=False, envelope=False,
@@ -472,6 +478,51 @@ def diagnose(args) -> dict:
     out.update({f"class_difference_kept_{k}": v for k, v in shrunk.class_contrast_kept.items()})
     out.update({f"class_difference_norm2_and_noise_{k}": list(v) for k, v in shrunk.class_contrast_noise.items()})
     return out
+
+
+def csp_decomposition(bundle, sp, per_class: int, seeds=(1000, 1001, 1002)) -> dict:
+    """CSP+LDA (as utils.metrics.csp_lda_accuracy) with filters and LDA fitted on different sets, and
+    the whitened class-covariance difference of generated, training and held-out trials."""
+    from mne.decoding import CSP
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    Xr, yr, Xt, yt = sp.train.X.astype(np.float64), sp.train.y, sp.test.X.astype(np.float64), sp.test.y
+    lam, V = np.linalg.eigh(trial_covariances(Xr).mean(0))
+    W = (V / np.sqrt(lam)) @ V.T
+
+    def wdiff(X, y):
+        C = trial_covariances(X)
+        return W @ (C[y == 1].mean(0) - C[y == 0].mean(0)) @ W
+
+    def cos(a, b):
+        return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+    def acc(csp, X, y):
+        return LinearDiscriminantAnalysis().fit(csp.transform(X), y).score(csp.transform(Xt), yt)
+
+    n_comp = min(6, Xr.shape[1])
+    csp_r = CSP(n_comp, reg="ledoit_wolf", log=True).fit(Xr, yr)
+    Dr, Dt = wdiff(Xr, yr), wdiff(Xt, yt)
+    rows = {k: [] for k in ("csp_generated_filters_generated_lda", "csp_real_filters_generated_lda",
+                            "csp_generated_filters_real_lda", "wcov_diff_norm_generated",
+                            "wcov_diff_cos_generated_train", "wcov_diff_cos_generated_test")}
+    for seed in seeds:
+        Xg, yg = bundle.sample(per_class, seed)
+        Xg = Xg.astype(np.float64)
+        csp_g = CSP(n_comp, reg="ledoit_wolf", log=True).fit(Xg, yg)
+        Dg = wdiff(Xg, yg)
+        for k, v in zip(rows, (acc(csp_g, Xg, yg), acc(csp_r, Xg, yg), acc(csp_g, Xr, yr), float(np.linalg.norm(Dg)),
+                               cos(Dg, Dr), cos(Dg, Dt))):
+            rows[k].append(v)
+    return {"csp_real_filters_real_lda": acc(csp_r, Xr, yr), **{k: float(np.mean(v)) for k, v in rows.items()},
+            "wcov_diff_norm_train": float(np.linalg.norm(Dr)), "wcov_diff_norm_test": float(np.linalg.norm(Dt)),
+            "wcov_diff_cos_train_test": cos(Dr, Dt)}
+
+
+def trial_covariances(X: np.ndarray) -> np.ndarray:
+    """(n, C, T) -> (n, C, C) per-trial covariance (mean removed per channel)."""
+    Xc = X - X.mean(-1, keepdims=True)
+    return np.einsum("nct,ndt->ncd", Xc, Xc) / X.shape[-1]
 
 
 def main(argv=None) -> int:
