@@ -54,7 +54,7 @@ metrics.jsonl recorded in the last epoch. Then CSP+LDA taken apart (`csp_*`, thr
 held-out trials, so a failure can be put on the generated spatial filters or on the generated feature
 distribution; and the whitened class-covariance difference W (C_right - C_left) W (W = the real training
 trials' mean covariance^-1/2, what CSP's extreme eigenvalues come from): its norm and its cosine between
-generated, training and held-out trials.
+generated, training and held-out trials, and between two random halves of the training trials.
 
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
 curves drawn in gan_transfer.png), gan_quality.json or gan_diagnose.json.
@@ -516,7 +516,10 @@ def csp_decomposition(bundle, sp, per_class: int, seeds=(1000, 1001, 1002)) -> d
             rows[k].append(v)
     return {"csp_real_filters_real_lda": acc(csp_r, Xr, yr), **{k: float(np.mean(v)) for k, v in rows.items()},
             "wcov_diff_norm_train": float(np.linalg.norm(Dr)), "wcov_diff_norm_test": float(np.linalg.norm(Dt)),
-            "wcov_diff_cos_train_test": cos(Dr, Dt)}
+            "wcov_diff_cos_train_test": cos(Dr, Dt),
+            # Two random halves of the training trials: how much of their difference is sampling noise.
+            "wcov_diff_cos_train_halves": cos(*(wdiff(Xr[h], yr[h]) for h in np.array_split(
+                np.random.default_rng(0).permutation(len(yr)), 2)))}
 
 
 def trial_covariances(X: np.ndarray) -> np.ndarray:
