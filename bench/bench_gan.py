@@ -528,6 +528,12 @@ def trial_covariances(X: np.ndarray) -> np.ndarray:
     return np.einsum("nct,ndt->ncd", Xc, Xc) / X.shape[-1]
 
 
+def print_table(res: dict, width: int) -> None:
+    for k, v in res.items():
+        v = [round(x, 3) for x in v] if isinstance(v, list) and all(isinstance(x, float) for x in v) else v
+        print(f"{k:{width}s} {v:.4g}" if isinstance(v, float) else f"{k:{width}s} {v}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("speed", "transfer", "quality", "diagnose"))
@@ -576,28 +582,16 @@ def main(argv=None) -> int:
     if args.what == "speed":
         res = speed(args)
         print(f"{'metric':36s} value")
-        for k, v in res.items():
-            print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")
+        print_table(res, 36)
         path = RESULTS / "gan.json"
-    elif args.what == "diagnose":
+    elif args.what in ("diagnose", "quality"):
         import mne
 
         mne.set_log_level("ERROR")
-        args.per_class = args.per_class or 300
-        res = diagnose(args)
-        for k, v in res.items():
-            v = ([round(x, 3) for x in v] if isinstance(v, list) else v)
-            print(f"{k:52s} {v:.4g}" if isinstance(v, float) else f"{k:52s} {v}")
-        path = RESULTS / "gan_diagnose.json"
-    elif args.what == "quality":
-        import mne
-
-        mne.set_log_level("ERROR")
-        args.per_class = args.per_class or 150
-        res = quality(args)
-        for k, v in res.items():
-            print(f"{k:40s} {v:.4g}" if isinstance(v, float) else f"{k:40s} {v}")
-        path = RESULTS / "gan_quality.json"
+        args.per_class = args.per_class or {"diagnose": 300, "quality": 150}[args.what]
+        res = (diagnose if args.what == "diagnose" else quality)(args)
+        print_table(res, 52 if args.what == "diagnose" else 40)
+        path = RESULTS / f"gan_{args.what}.json"
     else:
         if not any(s.startswith("data_path=") for s in args.set):
             args.set.append(f"data_path={ROOT.parent / 'shared' / 'data' / 'eegmmidb'}")
