@@ -487,11 +487,11 @@ def csp_decomposition(bundle, sp, per_class: int, seeds=(1000, 1001, 1002)) -> d
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     Xr, yr, Xt, yt = sp.train.X.astype(np.float64), sp.train.y, sp.test.X.astype(np.float64), sp.test.y
-    lam, V = np.linalg.eigh(trial_covariances(Xr).mean(0))
+    Cr, Ct = trial_covariances(Xr), trial_covariances(Xt)
+    lam, V = np.linalg.eigh(Cr.mean(0))
     W = (V / np.sqrt(lam)) @ V.T
 
-    def wdiff(X, y):
-        C = trial_covariances(X)
+    def wdiff(C, y):  # C: per-trial covariances
         return W @ (C[y == 1].mean(0) - C[y == 0].mean(0)) @ W
 
     def cos(a, b):
@@ -502,7 +502,7 @@ def csp_decomposition(bundle, sp, per_class: int, seeds=(1000, 1001, 1002)) -> d
 
     n_comp = min(6, Xr.shape[1])
     csp_r = CSP(n_comp, reg="ledoit_wolf", log=True).fit(Xr, yr)
-    Dr, Dt = wdiff(Xr, yr), wdiff(Xt, yt)
+    Dr, Dt = wdiff(Cr, yr), wdiff(Ct, yt)
     rows = {k: [] for k in ("csp_generated_filters_generated_lda", "csp_real_filters_generated_lda",
                             "csp_generated_filters_real_lda", "wcov_diff_norm_generated",
                             "wcov_diff_cos_generated_train", "wcov_diff_cos_generated_test")}
@@ -510,7 +510,7 @@ def csp_decomposition(bundle, sp, per_class: int, seeds=(1000, 1001, 1002)) -> d
         Xg, yg = bundle.sample(per_class, seed)
         Xg = Xg.astype(np.float64)
         csp_g = CSP(n_comp, reg="ledoit_wolf", log=True).fit(Xg, yg)
-        Dg = wdiff(Xg, yg)
+        Dg = wdiff(trial_covariances(Xg), yg)
         for k, v in zip(rows, (acc(csp_g, Xg, yg), acc(csp_r, Xg, yg), acc(csp_g, Xr, yr), float(np.linalg.norm(Dg)),
                                cos(Dg, Dr), cos(Dg, Dt))):
             rows[k].append(v)
@@ -518,7 +518,7 @@ def csp_decomposition(bundle, sp, per_class: int, seeds=(1000, 1001, 1002)) -> d
             "wcov_diff_norm_train": float(np.linalg.norm(Dr)), "wcov_diff_norm_test": float(np.linalg.norm(Dt)),
             "wcov_diff_cos_train_test": cos(Dr, Dt),
             # Two random halves of the training trials: how much of their difference is sampling noise.
-            "wcov_diff_cos_train_halves": cos(*(wdiff(Xr[h], yr[h]) for h in np.array_split(
+            "wcov_diff_cos_train_halves": cos(*(wdiff(Cr[h], yr[h]) for h in np.array_split(
                 np.random.default_rng(0).permutation(len(yr)), 2)))}
 
 
