@@ -5,6 +5,7 @@
                                        [--set KEY=VALUE ...] [--source-set KEY=VALUE ...]
     python bench/bench_gan.py quality RUN_DIR [--repeats 4] [--per-class 150] [--band-per-class 1000]
     python bench/bench_gan.py diagnose RUN_DIR [--per-class 300]
+    python bench/bench_gan.py cnn RUN_DIR [--per-class 1000] [--repeats 3]
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
 plus the generator update every gan.critic_steps batches) on random trials of the default data
@@ -56,8 +57,20 @@ distribution; and the whitened class-covariance difference W (C_right - C_left) 
 trials' mean covariance^-1/2, what CSP's extreme eigenvalues come from): its norm and its cosine between
 generated, training and held-out trials, and between two random halves of the training trials.
 
+cnn: where the train-on-synthetic CNN (the evaluation module's) takes its class signal from. Trained
+on generated trials (as many per class as the real pool holds, and --per-class), it is scored on
+held-out generated trials, on the real trials the generator was trained on (accuracy and ROC AUC)
+and on the real held-out trials: a CNN that separates generated trials and the training pool but not
+the held-out run has learnt the pool's own class structure, sampling noise included, which the
+generator reproduced. Trained on the real pool, it is scored on the held-out run and on generated
+trials (does the generated data carry what a real-trained CNN uses?). And trained on surrogates of
+the real pool, scored on the held-out run: phase-randomised copies (each trial's cross-spectrum
+exact, its time structure gone: the best a generator of second-order statistics could offer) and
+copies circularly shifted by up to 0.25 s or 1 s (how time-locked the real CNN's signal is).
+Each number is a mean over --repeats classifier seeds (and generated sets).
+
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
-curves drawn in gan_transfer.png), gan_quality.json or gan_diagnose.json.
+curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json or gan_cnn.json.
 """
 from __future__ import annotations
 
@@ -522,6 +535,59 @@ def csp_decomposition(bundle, sp, per_class: int, seeds=(1000, 1001, 1002)) -> d
                 np.random.default_rng(0).permutation(len(yr)), 2)))}
 
 
+def cnn_transfer(args) -> dict:
+    """Train-on-synthetic CNN taken apart (see the module docstring)."""
+    from sklearn.metrics import roc_auc_score
+
+    from trainers.evaluate import Evaluator
+    from trainers.generate import gan_folder, load_generator
+    from utils import metrics as M
+
+    folder = gan_folder(args.run)
+    b = load_generator(folder)
+    ev = Evaluator(b.cfg, "cpu", progress=False)
+    r = ev.real
+    seeds = range(args.repeats or 3)
+
+    def margin(fc, X):  # right-minus-left logit per trial
+        with torch.no_grad():
+            out = np.concatenate([fc.model(batch).cpu().numpy() for batch in fc._batches(X)])
+        return out[:, 1] - out[:, 0]
+
+    out = {"run": str(folder), "real_pool_trials": len(r.y_pool), "test_trials": len(r.y_test)}
+    n_real = int(np.bincount(r.y_pool).max())
+    for n in dict.fromkeys((n_real, args.per_class)):
+        rows = []
+        for i in seeds:
+            Xg, yg = b.sample(n, 1000 + i)
+            Xh, yh = b.sample(200, 5000 + i)
+            fc = ev.fit(Xg, yg, i)
+            rows.append((fc.accuracy(Xh, yh), fc.accuracy(r.X_pool, r.y_pool), roc_auc_score(r.y_pool, margin(fc, r.X_pool)),
+                         fc.accuracy(r.X_test, r.y_test), roc_auc_score(r.y_test, margin(fc, r.X_test))))
+        for k, v in zip(("acc_generated_heldout", "acc_real_pool", "auc_real_pool", "acc_test", "auc_test"),
+                        np.mean(rows, 0)):
+            out[f"generated_trained_{n}_per_class_{k}"] = float(v)
+    rng = np.random.default_rng(0)
+
+    def shifted(X, m):
+        return np.stack([np.roll(x, rng.integers(-m, m + 1), axis=-1) for x in X])
+
+    q = int(round(0.25 * r.sfreq))
+    surrogates = {"real": lambda X, i: X, "phase_randomised": M.phase_randomize,
+                  "shifted_0.25s": lambda X, i: shifted(X, q), "shifted_1s": lambda X, i: shifted(X, 4 * q)}
+    for name, make in surrogates.items():
+        accs, on_gen = [], []
+        for i in seeds:
+            fc = ev.fit(make(r.X_pool, i), r.y_pool, i)
+            accs.append(fc.accuracy(r.X_test, r.y_test))
+            if name == "real":
+                on_gen.append(fc.accuracy(*b.sample(args.per_class, 7000 + i)))
+        out[f"{name}_trained_acc_test"] = float(np.mean(accs))
+        if on_gen:
+            out["real_trained_acc_generated"] = float(np.mean(on_gen))
+    return out
+
+
 def trial_covariances(X: np.ndarray) -> np.ndarray:
     """(n, C, T) -> (n, C, C) per-trial covariance (mean removed per channel)."""
     Xc = X - X.mean(-1, keepdims=True)
@@ -536,8 +602,8 @@ def print_table(res: dict, width: int) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("speed", "transfer", "quality", "diagnose"))
-    p.add_argument("run", nargs="?", help="quality, diagnose: GAN run folder")
+    p.add_argument("what", choices=("speed", "transfer", "quality", "diagnose", "cnn"))
+    p.add_argument("run", nargs="?", help="quality, diagnose, cnn: GAN run folder")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--subjects", type=int, default=10,
@@ -563,10 +629,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=0,
                    help="quality: also average CNN and CSP train-on-synthetic over N generated sets and seeds")
     p.add_argument("--per-class", type=int, default=None,
-                   help="quality --repeats: generated trials per class (150); diagnose: (300)")
+                   help="quality --repeats: generated trials per class (150); diagnose: (300); cnn: (1000)")
     p.add_argument("--band-per-class", type=int, default=1000,
                    help="quality: generated trials per class for the *_n band-power and lateralisation numbers")
     args = p.parse_args(argv)
+    if args.what in ("quality", "diagnose", "cnn") and not args.run:
+        p.error(f"{args.what} needs a GAN run folder")
     torch.set_num_threads(args.threads)
     from utils.runtime import tune_allocator
 
@@ -584,13 +652,13 @@ def main(argv=None) -> int:
         print(f"{'metric':36s} value")
         print_table(res, 36)
         path = RESULTS / "gan.json"
-    elif args.what in ("diagnose", "quality"):
+    elif args.what in ("diagnose", "quality", "cnn"):
         import mne
 
         mne.set_log_level("ERROR")
-        args.per_class = args.per_class or {"diagnose": 300, "quality": 150}[args.what]
-        res = (diagnose if args.what == "diagnose" else quality)(args)
-        print_table(res, 52 if args.what == "diagnose" else 40)
+        args.per_class = args.per_class or {"diagnose": 300, "quality": 150, "cnn": 1000}[args.what]
+        res = {"diagnose": diagnose, "quality": quality, "cnn": cnn_transfer}[args.what](args)
+        print_table(res, {"diagnose": 52, "quality": 40, "cnn": 56}[args.what])
         path = RESULTS / f"gan_{args.what}.json"
     else:
         if not any(s.startswith("data_path=") for s in args.set):

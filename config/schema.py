@@ -239,6 +239,9 @@ SCHEMA: dict[str, Any] = {
     "finetune": {
         "adv_weight": _float(0.02, "weight of the adversarial loss while fine-tuning (replaces gan.adv_weight)", lo=0),
         "cls_weight": _float(1.0, "weight of the frozen-classifier loss on generated trials", lo=0),
+        "cls_target": _float(1.0, "probability of the right class the frozen-classifier loss asks for on each "
+                             "generated trial (a soft-label cross-entropy, lowest there): 1 pushes every trial "
+                             "to be decoded with certainty; below 1 the push stops at that probability", lo=0.5, hi=1.0),
         "reinit": Spec((str, list), "auto", "parts of the pretrained GAN restarted on the target data before "
                        "fine-tuning: critic (a fresh critic), output (the generator's spatial mixing, per-trial "
                        "gain and calibration, from the target trials), class (a fresh class embedding); auto: all "

@@ -141,15 +141,19 @@ def load_frozen_classifier(cfg: dict, device):
     return model, meta
 
 
-def classifier_loss(classifier, gen_std: Standardizer, cls_std: Standardizer, weight: float, device):
-    """Frozen-classifier cross-entropy on generated trials, as a generator-loss term."""
+def classifier_loss(classifier, gen_std: Standardizer, cls_std: Standardizer, weight: float, device,
+                    target: float = 1.0):
+    """Frozen-classifier cross-entropy on generated trials, as a generator-loss term. `target`
+    (finetune.cls_target) is the soft label of the right class: the loss is lowest where the
+    classifier gives it that probability, so trials are not pushed beyond it."""
     # generator units -> volts -> classifier units, folded into one per-channel affine map.
     scale = torch.from_numpy(gen_std.std / cls_std.std).float().to(device)[:, None]
     shift = torch.from_numpy((gen_std.mean - cls_std.mean) / cls_std.std).float().to(device)[:, None]
 
     def loss(fake: torch.Tensor, y: torch.Tensor):
         logits = classifier(fake * scale + shift)
-        ce = F.cross_entropy(logits, y)
+        # Two classes: label smoothing eps puts 1 - eps / 2 on the right one.
+        ce = F.cross_entropy(logits, y, label_smoothing=2 * (1 - target))
         acc = (logits.argmax(1) == y).float().mean()
         return weight * ce, {"classifier_loss": ce.item(), "classifier_accuracy": acc.item()}
 
@@ -177,7 +181,8 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
         standardizer = Standardizer.fit(train.X, cfg["data"]["normalize"])
         generator, critic = build_models(cfg, train.n_chans, train.n_times, train.sfreq,
                                          X_init=standardizer.transform(train.X), subjects=train.subject)
-    extra = classifier_loss(classifier, standardizer, cmeta["standardizer"], cfg["finetune"]["cls_weight"], device)
+    extra = classifier_loss(classifier, standardizer, cmeta["standardizer"], cfg["finetune"]["cls_weight"], device,
+                            cfg["finetune"]["cls_target"])
     meta_extra = {"fine_tune": cfg["fine_tune"], "data": splits.info,
                   "pretrained_from": str(bundle.folder) if bundle is not None else None,
                   "classifier_from": str(cfg["pretrained_classifier_path"]),

@@ -218,3 +218,31 @@ def test_subject_conditioned_fine_tuning_conditions_on_the_target_subjects():
     assert torch.isfinite(d(g(z, y, torch.zeros(2, dtype=torch.long)), y, torch.zeros(2, dtype=torch.long))).all()
     assert condition_on_subjects(g, d, None) is True and g.config.subjects is None  # config off: class only
     assert torch.isfinite(g(z, y)).all()
+
+
+def test_classifier_target_stops_pushing_at_the_asked_probability():
+    """finetune.cls_target: below 1 the frozen-classifier loss is lowest where the classifier gives the
+    right class that probability, so generated trials are not pushed to be decoded with certainty; at 1
+    (the plain cross-entropy) more certainty always lowers it."""
+    import torch
+
+    from data.dataset import Standardizer
+    from trainers.finetune import classifier_loss
+
+    unit = Standardizer(np.zeros(2, np.float32), np.ones(2, np.float32))
+
+    def classifier(x):  # right-minus-left logit = the trial's mean value
+        return torch.stack([torch.zeros(len(x)), x.mean((1, 2))], 1)
+
+    margins = torch.linspace(0.0, 6.0, 61)
+    y = torch.ones(len(margins), dtype=torch.long)
+    x = margins[:, None, None].expand(-1, 2, 8)
+
+    def per_trial(target):
+        loss = classifier_loss(classifier, unit, unit, 1.0, "cpu", target)
+        return torch.stack([loss(x[i:i + 1], y[i:i + 1])[0] for i in range(len(y))])
+
+    best = margins[per_trial(0.75).argmin()].item()
+    assert abs(torch.sigmoid(torch.tensor(best)).item() - 0.75) < 0.02
+    plain = per_trial(1.0)
+    assert bool((plain[1:] < plain[:-1]).all())
