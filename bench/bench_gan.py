@@ -550,8 +550,7 @@ def cnn_transfer(args) -> dict:
     seeds = range(args.repeats or 3)
 
     def margin(fc, X):  # right-minus-left logit per trial
-        with torch.no_grad():
-            out = np.concatenate([fc.model(batch).cpu().numpy() for batch in fc._batches(X)])
+        out = fc.logits(X)
         return out[:, 1] - out[:, 0]
 
     out = {"run": str(folder), "real_pool_trials": len(r.y_pool), "test_trials": len(r.y_test)}
@@ -600,6 +599,9 @@ def print_table(res: dict, width: int) -> None:
         print(f"{k:{width}s} {v:.4g}" if isinstance(v, float) else f"{k:{width}s} {v}")
 
 
+RUN_MODES = ("quality", "diagnose", "cnn")  # the modes that score one finished GAN run
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("speed", "transfer", "quality", "diagnose", "cnn"))
@@ -633,7 +635,7 @@ def main(argv=None) -> int:
     p.add_argument("--band-per-class", type=int, default=1000,
                    help="quality: generated trials per class for the *_n band-power and lateralisation numbers")
     args = p.parse_args(argv)
-    if args.what in ("quality", "diagnose", "cnn") and not args.run:
+    if args.what in RUN_MODES and not args.run:
         p.error(f"{args.what} needs a GAN run folder")
     torch.set_num_threads(args.threads)
     from utils.runtime import tune_allocator
@@ -652,7 +654,7 @@ def main(argv=None) -> int:
         print(f"{'metric':36s} value")
         print_table(res, 36)
         path = RESULTS / "gan.json"
-    elif args.what in ("diagnose", "quality", "cnn"):
+    elif args.what in RUN_MODES:
         import mne
 
         mne.set_log_level("ERROR")

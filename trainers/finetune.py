@@ -152,8 +152,9 @@ def classifier_loss(classifier, gen_std: Standardizer, cls_std: Standardizer, we
 
     def loss(fake: torch.Tensor, y: torch.Tensor):
         logits = classifier(fake * scale + shift)
-        # Two classes: label smoothing eps puts 1 - eps / 2 on the right one.
-        ce = F.cross_entropy(logits, y, label_smoothing=2 * (1 - target))
+        # Label smoothing eps over K classes puts 1 - eps + eps / K on the right one.
+        k = logits.shape[1]
+        ce = F.cross_entropy(logits, y, label_smoothing=(1 - target) * k / (k - 1))
         acc = (logits.argmax(1) == y).float().mean()
         return weight * ce, {"classifier_loss": ce.item(), "classifier_accuracy": acc.item()}
 

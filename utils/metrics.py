@@ -285,11 +285,14 @@ class FittedClassifier:
         for i in range(0, len(Z), batch_size):
             yield torch.from_numpy(Z[i:i + batch_size]).to(self.device)
 
-    def predict(self, X) -> np.ndarray:
+    def logits(self, X) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            return np.concatenate([self.model(b).argmax(1).cpu().numpy() for b in self._batches(X)])
+            return np.concatenate([self.model(b).cpu().numpy() for b in self._batches(X)])
+
+    def predict(self, X) -> np.ndarray:
+        return self.logits(X).argmax(1)
 
     def features(self, X) -> np.ndarray:
         import torch
