@@ -137,7 +137,7 @@ SCHEMA: dict[str, Any] = {
         "tmax": _float(4.0, "epoch end relative to the cue, s (exclusive)", lo=-2, hi=10),
         "l_freq": _float(4.0, "band-pass low edge, Hz (null: no high-pass)", lo=0, nullable=True),
         "h_freq": _float(40.0, "band-pass high edge, Hz (null: no low-pass)", lo=0, nullable=True),
-        "resample": _float(None, "resample to this rate, Hz (null: keep 160 Hz)", lo=1, nullable=True),
+        "resample": _float(None, "resample to this rate, Hz (null: keep 160 Hz; odd-rate recordings follow the common rate)", lo=1, nullable=True),
         "channels": Spec((str, list), "motor", "'motor' (21 FC/C/CP channels), 'all' (64) or names",
                          check=_channels_check),
         "download": _bool(True, "fetch missing EEGBCI files with MNE's fetcher when online"),

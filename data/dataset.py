@@ -1,6 +1,8 @@
 """Epoch sets, leak-free splits, training-only normalisation and the shuffling batch loader."""
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -81,15 +83,28 @@ def load_recordings(cfg: dict, data_cfg: dict | None = None, progress: bool = Tr
     paths = recording_paths(cfg["data_path"], subjects, runs, download=data_cfg.get("download", True))
     prep = Preprocessing.from_config(data_cfg)
     cache_dir = Path(cfg["cache_dir"]) / "epochs"
-    parts = []
-    items = sorted(paths.items())
-    for (s, r), path in tqdm(items, desc="loading recordings", unit="file", disable=not progress, leave=False):
+
+    def read(path: Path, prep: Preprocessing) -> dict:
         key = cache.cache_key(path, prep)
         item = cache.load(cache_dir, key)
         if item is None:
             item = read_epochs(path, prep)
             cache.save(cache_dir, key, item)
-        parts.append((s, r, item))
+        return item
+
+    items = sorted(paths.items())
+    parts = [(s, r, read(path, prep)) for (s, r), path in
+             tqdm(items, desc="loading recordings", unit="file", disable=not progress, leave=False)]
+    rates = Counter(it["sfreq"] for _, _, it in parts)
+    if len(rates) > 1 and not prep.resample:
+        # Public motor-imagery sets mix rates (a few EEGMMIDB subjects were recorded at 128 Hz, not 160):
+        # the odd recordings are resampled to the most common rate rather than ending a pooled run.
+        target = max(rates, key=lambda f: (rates[f], f))
+        odd = sorted({f"S{s:03d}" for s, _, it in parts if it["sfreq"] != target})
+        print(f"note: recordings of {', '.join(odd)} are not at {target:g} Hz like the others; resampled to it "
+              "(data.resample sets the rate)", file=sys.stderr)
+        prep = replace(prep, resample=target)
+        parts = [(s, r, it if it["sfreq"] == target else read(paths[(s, r)], prep)) for s, r, it in parts]
     first = parts[0][2]
     for s, r, it in parts:
         if it["ch_names"] != first["ch_names"] or it["sfreq"] != first["sfreq"] or it["X"].shape[2] != first["X"].shape[2]:

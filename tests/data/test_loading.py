@@ -177,3 +177,29 @@ def test_recording_without_t1_t2_events(tmp_path):
     assert_one_line(run_main(f"data_path={tmp_path}", "data.subjects=[1]", "data.runs=[4]",
                              'data.channels=["C3","Cz","C4"]', f"cache_dir={tmp_path / 'c'}"),
                     "S001R04.edf", "no T1/T2")
+
+
+def _write_edf(path: Path, sfreq: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    raw = mne.io.RawArray(rng.normal(0, 2e-5, (3, int(40 * sfreq))), mne.create_info(["C3", "Cz", "C4"], sfreq, "eeg"),
+                          verbose="error")
+    raw.set_annotations(mne.Annotations([2.0, 10.0, 18.0, 26.0], [4.0] * 4, ["T1", "T2", "T1", "T2"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mne.export.export_raw(path, raw, fmt="edf", verbose="error")
+
+
+def test_recordings_at_another_rate_are_resampled_to_the_common_one(make_cfg, tmp_path, capsys):
+    for s, sfreq in ((1, 160.0), (2, 160.0), (3, 128.0)):
+        _write_edf(tmp_path / f"S{s:03d}" / f"S{s:03d}R04.edf", sfreq, s)
+    cfg = make_cfg(f"data_path={tmp_path}", "data.subjects=[1,2,3]", "data.runs=[4]", 'data.channels=["C3","Cz","C4"]',
+                   f"cache_dir={tmp_path / 'c'}")
+    ep = load_recordings(cfg, progress=False)
+    assert ep.sfreq == 160.0 and ep.X.shape == (12, 3, 640)
+    assert "S003" in capsys.readouterr().err
+    # The resampled recording keeps its signal: same power per channel as read at its own rate.
+    own = dataset.read_epochs(tmp_path / "S003" / "S003R04.edf", dataset.Preprocessing.from_config(cfg["data"]))
+    np.testing.assert_allclose(ep.X[ep.subject == 3].var(-1).mean(), own["X"].var(-1).mean(), rtol=0.05)
+    # An explicit rate applies to every recording.
+    cfg = make_cfg(f"data_path={tmp_path}", "data.subjects=[1,2,3]", "data.runs=[4]", 'data.channels=["C3","Cz","C4"]',
+                   f"cache_dir={tmp_path / 'c'}", "data.resample=128")
+    assert load_recordings(cfg, progress=False).X.shape == (12, 3, 512)
