@@ -56,6 +56,10 @@ held-out trials, so a failure can be put on the generated spatial filters or on 
 distribution; and the whitened class-covariance difference W (C_right - C_left) W (W = the real training
 trials' mean covariance^-1/2, what CSP's extreme eigenvalues come from): its norm and its cosine between
 generated, training and held-out trials, and between two random halves of the training trials.
+`spread_*`: within-class variance ratios along directions fitted on one set and measured on another
+(unbiased, unlike variances along a sample's own eigenvectors): the generated set's thin half and its
+discriminant, measured on the training and held-out trials; and, to show the in-sample bias, the training
+trials' own thin half measured in-sample against run 12.
 
 cnn: where the train-on-synthetic CNN (the evaluation module's) takes its class signal from. Trained
 on generated trials (as many per class as the real pool holds, and --per-class), it is scored on
@@ -66,7 +70,9 @@ generator reproduced. Trained on the real pool, it is scored on the held-out run
 trials (does the generated data carry what a real-trained CNN uses?). And trained on surrogates of
 the real pool, scored on the held-out run: phase-randomised copies (each trial's cross-spectrum
 exact, its time structure gone: the best a generator of second-order statistics could offer) and
-copies circularly shifted by up to 0.25 s or 1 s (how time-locked the real CNN's signal is).
+copies circularly shifted by up to 0.25 s or 1 s (how time-locked the real CNN's signal is), and
+short-time phase-randomised copies (0.25, 0.5, 1 s frames: each frame's cross-spectrum kept, the power
+time course with it, the waveform within a frame not).
 Each number is a mean over --repeats classifier seeds (and generated sets).
 
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
@@ -454,6 +460,8 @@ def diagnose(args) -> dict:
     vg = ((resid(Zg, yg) @ V) ** 2).mean(0) / lam
     out["generated_within_class_variance_ratio_by_quartile"] = [float(vg[q].mean()) for q in quart]
 
+    out.update(spread_along_fitted_directions(Zg, yg, Ztr, ytr, Zte, yte, resid))
+
     def lda(Za, ya, Zb, yb):
         return float(LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(Za, ya).score(Zb, yb))
 
@@ -491,6 +499,38 @@ def diagnose(args) -> dict:
     out.update({f"class_difference_kept_{k}": v for k, v in shrunk.class_contrast_kept.items()})
     out.update({f"class_difference_norm2_and_noise_{k}": list(v) for k, v in shrunk.class_contrast_noise.items()})
     return out
+
+
+def spread_along_fitted_directions(Zg, yg, Ztr, ytr, Zte, yte, resid) -> dict:
+    """Within-class variance along directions fitted on one set and measured on another.
+
+    Along its own eigenvectors a sample covariance understates the small variances (the directions are
+    fitted to the sample), badly so for 150-300 trials in ~100 dimensions; measured on other trials
+    along fixed directions a variance is unbiased. So the generated set's thin half (its smaller
+    eigen-directions, fitted on many trials) and its discriminant w = S_gen^-1 d_gen are measured on the
+    real trials, and the same bias is shown for the real training trials' own thin half against run 12.
+    """
+    def cov(Z, y):
+        R = resid(Z, y)
+        return R.T @ R / (len(R) - 2)
+
+    Sg, Str, Ste = cov(Zg, yg), cov(Ztr, ytr), cov(Zte, yte)
+    lam, V = np.linalg.eigh(Sg)
+    thin = V[:, : len(lam) // 2]
+    w = np.linalg.solve(Sg, Zg[yg == 1].mean(0) - Zg[yg == 0].mean(0))
+    w /= np.linalg.norm(w)
+    lam_tr, V_tr = np.linalg.eigh(Str)
+    thin_tr = V_tr[:, : len(lam_tr) // 2]
+
+    def var(S, U):
+        return float(np.trace(U.T @ S @ U)) if U.ndim == 2 else float(U @ S @ U)
+
+    return {"spread_generated_over_train_generated_thin_half": var(Sg, thin) / var(Str, thin),
+            "spread_generated_over_test_generated_thin_half": var(Sg, thin) / var(Ste, thin),
+            "spread_generated_over_train_generated_discriminant": var(Sg, w) / var(Str, w),
+            "spread_generated_over_test_generated_discriminant": var(Sg, w) / var(Ste, w),
+            "spread_train_in_sample_over_test_train_thin_half": var(Str, thin_tr) / var(Ste, thin_tr),
+            "spread_generated_over_test_train_thin_half": var(Sg, thin_tr) / var(Ste, thin_tr)}
 
 
 def csp_decomposition(bundle, sp, per_class: int, seeds=(1000, 1001, 1002)) -> dict:
@@ -573,7 +613,9 @@ def cnn_transfer(args) -> dict:
 
     q = int(round(0.25 * r.sfreq))
     surrogates = {"real": lambda X, i: X, "phase_randomised": M.phase_randomize,
-                  "shifted_0.25s": lambda X, i: shifted(X, q), "shifted_1s": lambda X, i: shifted(X, 4 * q)}
+                  "shifted_0.25s": lambda X, i: shifted(X, q), "shifted_1s": lambda X, i: shifted(X, 4 * q),
+                  **{f"stft_phase_randomised_{w}s": (lambda X, i, w=w: stft_phase_randomize(X, i, r.sfreq, w))
+                     for w in (0.25, 0.5, 1.0)}}
     for name, make in surrogates.items():
         accs, on_gen = [], []
         for i in seeds:
@@ -585,6 +627,23 @@ def cnn_transfer(args) -> dict:
         if on_gen:
             out["real_trained_acc_generated"] = float(np.mean(on_gen))
     return out
+
+
+def stft_phase_randomize(X: np.ndarray, seed: int, sfreq: float, window_s: float) -> np.ndarray:
+    """Short-time phase-randomised copies: random phases per trial, STFT frame and bin (shared by the
+    channels), so each trial's cross-spectrum in every window_s frame is kept (its power time course
+    included) while the waveform within a frame is not. Rescaled per trial and channel to the original
+    power, which overlap-adding frames of unrelated phase lowers."""
+    from scipy.signal import istft, stft
+
+    n = int(round(window_s * sfreq))
+    rng = np.random.default_rng(seed)
+    _, _, Z = stft(X.astype(np.float64), fs=sfreq, nperseg=n, noverlap=n // 2, axis=-1)
+    Z = Z * np.exp(1j * rng.uniform(0, 2 * np.pi, size=(Z.shape[0], 1) + Z.shape[2:]))
+    _, Y = istft(Z, fs=sfreq, nperseg=n, noverlap=n // 2, time_axis=-1, freq_axis=-2)
+    Y = Y[..., : X.shape[-1]]
+    Y *= np.sqrt((X.astype(np.float64) ** 2).mean(-1, keepdims=True) / ((Y ** 2).mean(-1, keepdims=True) + 1e-30))
+    return Y.astype(X.dtype)
 
 
 def trial_covariances(X: np.ndarray) -> np.ndarray:

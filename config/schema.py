@@ -214,6 +214,9 @@ SCHEMA: dict[str, Any] = {
         "trial_cov_weight": _float(0.0, "matching of the trial-to-trial covariance of log band power within a "
                                    "class (channels x bands, Ledoit-Wolf target, in units of the real spread): "
                                    "the feature correlations a decoder's weights depend on", lo=0),
+        "trial_cov_form": _str("kl", "how gan.trial_cov_weight compares the covariances: kl (Gaussian KL divergence "
+                               "per dimension, every direction weighed by its own variance) or frobenius (squared "
+                               "error, the session-7 form)", choices=("kl", "frobenius")),
         "band_cls_weight": _float(0.0, "cross-entropy of generated trials under a logistic regression fitted on "
                                   "real training trials' log band power (per-trial class signal)", lo=0),
         "gain_spread": _float(0.5, "initial trial-to-trial spread of the generator's per-trial channel gains, as a "

@@ -153,7 +153,8 @@ def test_envelope_target_is_the_time_course_of_band_power():
     assert off.losses(stationary, y)["envelope"].item() == 0.0 and not hasattr(off, "logenv")
 
 
-def test_trial_covariance_target_penalises_features_that_move_together():
+@pytest.mark.parametrize("form", ["kl", "frobenius"])
+def test_trial_covariance_target_penalises_features_that_move_together(form):
     """gan.trial_cov_weight: real trials' own covariance of log band power scores near 0 once the EMA
     has seen enough batches; the same per-feature spreads with every feature moving together (one
     shared gain per trial) score far higher; weight 0 skips the computation."""
@@ -161,9 +162,9 @@ def test_trial_covariance_target_penalises_features_that_move_together():
     spread = torch.exp(0.3 * torch.randn(400, 3, 1))            # independent log-power changes per channel
     X = torch.randn(400, 3, 640) * spread
     y = torch.arange(400) % 2
-    targets = gan.SpectralTargets(X, y, 160.0, band_classifier=False, ema_decay=0.9, trial_cov=True)
+    targets = gan.SpectralTargets(X, y, 160.0, band_classifier=False, ema_decay=0.9, trial_cov=form)
     same = [targets.losses(X[i:i + 32], y[i:i + 32])["trial_cov"].item() for i in range(0, 384, 32)]
-    shared = gan.SpectralTargets(X, y, 160.0, band_classifier=False, ema_decay=0.9, trial_cov=True)
+    shared = gan.SpectralTargets(X, y, 160.0, band_classifier=False, ema_decay=0.9, trial_cov=form)
     Xs = torch.randn(400, 3, 640) * spread[torch.arange(400), :1].expand(400, 3, 1)   # one gain for all channels
     moved = [shared.losses(Xs[i:i + 32], y[i:i + 32])["trial_cov"].item() for i in range(0, 384, 32)]
     assert same[-1] < 0.5 and moved[-1] > 5 * same[-1]
@@ -171,6 +172,18 @@ def test_trial_covariance_target_penalises_features_that_move_together():
     assert marginal < 0.1
     off = gan.SpectralTargets(X, y, 160.0)                           # gan.trial_cov_weight=0, the default
     assert off.losses(Xs[:32], y[:32])["trial_cov"].item() == 0.0 and not hasattr(off, "tcov")
+
+
+def test_kl_form_weighs_thin_directions_that_a_frobenius_error_ignores():
+    """gan.trial_cov_form=kl: the target varies 100x less along one direction than the other. Generated
+    trials with a third of that small variance cost more than trials off by 20% along the big direction,
+    though the Frobenius error of the first is 600x smaller; and equal covariances cost 0."""
+    target = torch.diag(torch.tensor([1.0, 0.01]))
+    thin = torch.diag(torch.tensor([1.0, 0.01 / 3]))
+    big = torch.diag(torch.tensor([1.2, 0.01]))
+    assert abs(gan.gaussian_kl(target, target, ridge=0.0).item()) < 1e-6
+    assert gan.gaussian_kl(thin, target, ridge=0.0) > gan.gaussian_kl(big, target, ridge=0.0)
+    assert (thin - target).pow(2).sum() * 600 < (big - target).pow(2).sum()
 
 
 def test_subject_targets_match_each_subjects_own_statistics():
