@@ -93,8 +93,9 @@ def load_recordings(cfg: dict, data_cfg: dict | None = None, progress: bool = Tr
         return item
 
     items = sorted(paths.items())
-    parts = [(s, r, read(path, prep)) for (s, r), path in
-             tqdm(items, desc="loading recordings", unit="file", disable=not progress, leave=False)]
+    # A context manager, so a bad recording's error is not printed onto an open progress bar's line.
+    with tqdm(items, desc="loading recordings", unit="file", disable=not progress, leave=False) as bar:
+        parts = [(s, r, read(path, prep)) for (s, r), path in bar]
     rates = Counter(it["sfreq"] for _, _, it in parts)
     if len(rates) > 1 and not prep.resample:
         # Public motor-imagery sets mix rates (a few EEGMMIDB subjects were recorded at 128 Hz, not 160):
