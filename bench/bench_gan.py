@@ -517,13 +517,13 @@ def spread_along_fitted_directions(Zg, yg, Ztr, ytr, Zte, yte, resid) -> dict:
     Sg, Str, Ste = cov(Zg, yg), cov(Ztr, ytr), cov(Zte, yte)
     lam, V = np.linalg.eigh(Sg)
     thin = V[:, : len(lam) // 2]
-    w = np.linalg.solve(Sg, Zg[yg == 1].mean(0) - Zg[yg == 0].mean(0))
+    w = np.linalg.solve(Sg, Zg[yg == 1].mean(0) - Zg[yg == 0].mean(0))[:, None]   # one direction, as a column
     w /= np.linalg.norm(w)
     lam_tr, V_tr = np.linalg.eigh(Str)
     thin_tr = V_tr[:, : len(lam_tr) // 2]
 
-    def var(S, U):
-        return float(np.trace(U.T @ S @ U)) if U.ndim == 2 else float(U @ S @ U)
+    def var(S, U):  # summed variance along the columns of U
+        return float(np.trace(U.T @ S @ U))
 
     return {"spread_generated_over_train_generated_thin_half": var(Sg, thin) / var(Str, thin),
             "spread_generated_over_test_generated_thin_half": var(Sg, thin) / var(Ste, thin),

@@ -154,7 +154,9 @@ class SpectralTargets(torch.nn.Module):
         # generators had the right means and per-feature spreads but too correlated features (mean
         # |corr| 0.81 against 0.69 pooled), and an LDA with their covariance lost 6 points on run 12
         # (README, session 7). Ledoit-Wolf shrinkage: a 105-dim covariance from 24-240 trials. Off by
-        # default (gan.trial_cov_weight 0): at weight 1 it fought the class terms on S006-S010.
+        # default (gan.trial_cov_weight 0): in the frobenius form, at weight 1 it fought the class terms on
+        # S006-S010; the kl form (gan.trial_cov_form, session 16) doubled the generated spread along the thin
+        # directions but moved train-on-synthetic by less than its seed-to-seed noise.
         self.trial_cov = trial_cov or None  # None (off), "kl" or "frobenius" (gan.trial_cov_form)
         if self.trial_cov:
             with torch.no_grad():

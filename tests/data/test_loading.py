@@ -166,26 +166,23 @@ def test_file_that_is_not_edf(tmp_path):
                              f"cache_dir={tmp_path / 'c'}"), "S001R04.edf", "not a readable EEG recording")
 
 
-def test_recording_without_t1_t2_events(tmp_path):
-    sfreq, names = 160.0, ["C3", "Cz", "C4"]
-    rng = np.random.default_rng(0)
-    raw = mne.io.RawArray(rng.normal(0, 2e-5, (3, int(30 * sfreq))), mne.create_info(names, sfreq, "eeg"),
+def _write_edf(path: Path, sfreq: float, seed: int, seconds: float = 40.0,
+               events=((2.0, "T1"), (10.0, "T2"), (18.0, "T1"), (26.0, "T2"))) -> None:
+    """A 3-channel (C3, Cz, C4) EDF+ of noise with 4 s annotations at the given (onset, code) pairs."""
+    rng = np.random.default_rng(seed)
+    raw = mne.io.RawArray(rng.normal(0, 2e-5, (3, int(seconds * sfreq))), mne.create_info(["C3", "Cz", "C4"], sfreq, "eeg"),
                           verbose="error")
-    raw.set_annotations(mne.Annotations([0.0, 10.0, 20.0], [4.0, 4.0, 4.0], ["T0", "T0", "T0"]))
-    (tmp_path / "S001").mkdir()
-    mne.export.export_raw(tmp_path / "S001" / "S001R04.edf", raw, fmt="edf", verbose="error")
+    raw.set_annotations(mne.Annotations([t for t, _ in events], [4.0] * len(events), [c for _, c in events]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mne.export.export_raw(path, raw, fmt="edf", verbose="error")
+
+
+def test_recording_without_t1_t2_events(tmp_path):
+    _write_edf(tmp_path / "S001" / "S001R04.edf", 160.0, 0, seconds=30.0,
+               events=((0.0, "T0"), (10.0, "T0"), (20.0, "T0")))
     assert_one_line(run_main(f"data_path={tmp_path}", "data.subjects=[1]", "data.runs=[4]",
                              'data.channels=["C3","Cz","C4"]', f"cache_dir={tmp_path / 'c'}"),
                     "S001R04.edf", "no T1/T2")
-
-
-def _write_edf(path: Path, sfreq: float, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    raw = mne.io.RawArray(rng.normal(0, 2e-5, (3, int(40 * sfreq))), mne.create_info(["C3", "Cz", "C4"], sfreq, "eeg"),
-                          verbose="error")
-    raw.set_annotations(mne.Annotations([2.0, 10.0, 18.0, 26.0], [4.0] * 4, ["T1", "T2", "T1", "T2"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mne.export.export_raw(path, raw, fmt="edf", verbose="error")
 
 
 def test_recordings_at_another_rate_are_resampled_to_the_common_one(make_cfg, tmp_path, capsys):
