@@ -188,6 +188,9 @@ SCHEMA: dict[str, Any] = {
         "critic_width": _int(32, "channels of the critic's first conv layer", lo=1),
         "figure_every": _int(5, "render monitoring figures every N epochs", lo=1),
         "spectral_critic": _bool(True, "critic also sees learned-spatial-filter log band power (4-40 Hz, 2 Hz bins)"),
+        "critic_batch_std": _bool(False, "critic also scores how much its features vary within the batch, per class "
+                                  "(a minibatch standard deviation per feature), so a generator whose trials vary "
+                                  "too little is told apart"),
         "adv_weight": _float(0.02, "weight of the WGAN adversarial term in the generator loss", lo=0),
         "moment_weight": _float(1.0, "class-conditional matching of per-channel log band power (mean, std) and "
                                 "band-passed spatial covariance, generated vs real", lo=0),
@@ -245,6 +248,9 @@ SCHEMA: dict[str, Any] = {
         "cls_target": _float(1.0, "probability of the right class the frozen-classifier loss asks for on each "
                              "generated trial (a soft-label cross-entropy, lowest there): 1 pushes every trial "
                              "to be decoded with certainty; below 1 the push stops at that probability", lo=0.5, hi=1.0),
+        "cls_noise": _float(0.0, "standard deviation of Gaussian noise, in real-data standard deviations per "
+                            "channel, added to generated trials before the frozen classifier scores them (0: none)",
+                            lo=0),
         "reinit": Spec((str, list), "auto", "parts of the pretrained GAN restarted on the target data before "
                        "fine-tuning: critic (a fresh critic), output (the generator's spatial mixing, per-trial "
                        "gain and calibration, from the target trials), class (a fresh class embedding); auto: all "

@@ -10,6 +10,9 @@ Two feature branches are concatenated into one vector h:
 The score is a projection discriminator (Miyato & Koyama 2018): w.h + b + <embed(y), h>, so the
 class acts through an inner product with the features and the critic cannot ignore it. With
 `gan.subject_condition` the subject gets its own projection, <embed(subject), h>.
+With `gan.critic_batch_std` the score also sees how much the features vary within the batch (per class
+and source, a minibatch-standard-deviation feature as in Karras et al. 2018, one per feature): a
+per-trial critic cannot tell trials that are each realistic from a set that varies too little.
 """
 from __future__ import annotations
 
@@ -33,11 +36,13 @@ class CriticConfig:
     f_lo: float = 4.0
     f_hi: float = 40.0
     bin_hz: float = 2.0
+    batch_std: bool = False
 
     @classmethod
     def from_config(cls, cfg: dict, n_chans: int, n_times: int, sfreq: float, subject_count: int = 0) -> "CriticConfig":
         return cls(n_chans=n_chans, n_times=n_times, sfreq=float(sfreq), width=cfg["gan"]["critic_width"],
-                   class_count=cfg["class_count"], subject_count=subject_count, spectral=cfg["gan"]["spectral_critic"])
+                   class_count=cfg["class_count"], subject_count=subject_count, spectral=cfg["gan"]["spectral_critic"],
+                   batch_std=cfg["gan"]["critic_batch_std"])
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -88,6 +93,16 @@ class Critic(nn.Module):
         self.class_embedding = nn.Embedding(config.class_count, n_feat)
         nn.init.normal_(self.class_embedding.weight, std=0.02)
         self.set_subject_count(config.subject_count)
+        self.set_batch_std(config.batch_std)
+
+    def set_batch_std(self, on: bool) -> None:
+        """Add (a zero-initialised `std_out`: the score starts unchanged) or drop the batch-spread term."""
+        self.config.batch_std = bool(on)
+        if on and not hasattr(self, "std_out"):
+            self.std_out = nn.Linear(self.n_features, 1, bias=False, device=self.out.weight.device)
+            nn.init.zeros_(self.std_out.weight)
+        elif not on and hasattr(self, "std_out"):
+            del self.std_out
 
     def set_subject_count(self, n: int) -> None:
         """A fresh subject projection <embed(subject), h> for n subjects (0: class only)."""
@@ -110,13 +125,29 @@ class Critic(nn.Module):
             feats.append(self.spectral_mlp(logp.flatten(1)))
         return torch.cat(feats, dim=1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None = None,
+                group: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, n_chans, n_times) standardized units, y (B,) class, subject (B,) subject index for a
-        subject-conditioned critic -> (B,) scores."""
+        subject-conditioned critic, group (B,) which set each trial belongs to when one batch holds
+        several (real and generated), for the batch-spread term -> (B,) scores."""
         h = self.features(x)
         emb = self.class_embedding(y)
         if self.config.subject_count:
             if subject is None:
                 raise ValueError("this critic is subject-conditioned: pass subject indices")
             emb = emb + self.subject_embedding(subject)
-        return self.out(h).squeeze(1) + (emb * h).sum(1)
+        score = self.out(h).squeeze(1) + (emb * h).sum(1)
+        if self.config.batch_std:
+            key = y if group is None else y + self.config.class_count * group
+            score = score + self.std_out(group_std(h, key)).squeeze(1)
+        return score
+
+
+def group_std(h: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """(B, F) features -> (B, F): each trial gets the standard deviation of its group's features (the
+    trials with the same key)."""
+    _, inv = torch.unique(key, return_inverse=True)
+    n = torch.bincount(inv).to(h.dtype)[:, None]
+    mean = torch.zeros(len(n), h.shape[1], dtype=h.dtype, device=h.device).index_add(0, inv, h) / n
+    var = torch.zeros_like(mean).index_add(0, inv, (h - mean[inv]).square()) / n
+    return (var + 1e-6).sqrt()[inv]

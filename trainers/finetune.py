@@ -120,6 +120,7 @@ def adapt_to_target(generator, critic, cfg: dict, pretrained_info: dict, target_
     restarted (recorded as `finetune_reinit`)."""
     reinit = resolve_reinit(cfg["finetune"]["reinit"], pretrained_info, target_info)
     generator.set_class_effect(cfg["gan"]["class_effect"])
+    critic.set_batch_std(cfg["gan"]["critic_batch_std"])
     restart_on_target(generator, critic, reinit, standardizer.transform(train.X), cfg["gan"]["gain_spread"])
     condition_on_subjects(generator, critic, target_subjects(cfg, train))
     return reinit
@@ -142,16 +143,23 @@ def load_frozen_classifier(cfg: dict, device):
 
 
 def classifier_loss(classifier, gen_std: Standardizer, cls_std: Standardizer, weight: float, device,
-                    target: float = 1.0):
+                    target: float = 1.0, noise: float = 0.0):
     """Frozen-classifier cross-entropy on generated trials, as a generator-loss term. `target`
     (finetune.cls_target) is the soft label of the right class: the loss is lowest where the
-    classifier gives it that probability, so trials are not pushed beyond it."""
+    classifier gives it that probability, so trials are not pushed beyond it. `noise`
+    (finetune.cls_noise) adds Gaussian noise of that many real-data standard deviations per channel to
+    the trials the classifier sees: the generator then follows the gradient of the classifier
+    smoothed over a neighbourhood, not its exact one, which on a classifier that fits its few
+    training trials perfectly points along their idiosyncrasies."""
     # generator units -> volts -> classifier units, folded into one per-channel affine map.
     scale = torch.from_numpy(gen_std.std / cls_std.std).float().to(device)[:, None]
     shift = torch.from_numpy((gen_std.mean - cls_std.mean) / cls_std.std).float().to(device)[:, None]
 
     def loss(fake: torch.Tensor, y: torch.Tensor):
-        logits = classifier(fake * scale + shift)
+        x = fake * scale + shift
+        if noise > 0:
+            x = x + noise * torch.randn_like(x)
+        logits = classifier(x)
         # Label smoothing eps over K classes puts 1 - eps + eps / K on the right one.
         k = logits.shape[1]
         ce = F.cross_entropy(logits, y, label_smoothing=(1 - target) * k / (k - 1))
@@ -183,7 +191,7 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
         generator, critic = build_models(cfg, train.n_chans, train.n_times, train.sfreq,
                                          X_init=standardizer.transform(train.X), subjects=train.subject)
     extra = classifier_loss(classifier, standardizer, cmeta["standardizer"], cfg["finetune"]["cls_weight"], device,
-                            cfg["finetune"]["cls_target"])
+                            cfg["finetune"]["cls_target"], cfg["finetune"]["cls_noise"])
     meta_extra = {"fine_tune": cfg["fine_tune"], "data": splits.info,
                   "pretrained_from": str(bundle.folder) if bundle is not None else None,
                   "classifier_from": str(cfg["pretrained_classifier_path"]),

@@ -884,7 +884,8 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
         fake = G(z, *cond)
     # Real and fake in one critic pass: the critic is per-trial, and one batch of 2B keeps its
     # convolutions' matrix products larger than two batches of B.
-    scores = D(torch.cat([real, fake]), *(torch.cat([c, c]) for c in cond))
+    source = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))]).long().to(device)
+    scores = D(torch.cat([real, fake]), *(torch.cat([c, c]) for c in cond), group=source)
     d_real, d_fake = scores[:len(real)].mean(), scores[len(real):].mean()
     gp = gradient_penalty(D, real, fake, y, alpha, cond[1] if len(cond) > 1 else None)
     loss_d = d_fake - d_real + gan["gp_weight"] * gp

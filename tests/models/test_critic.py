@@ -86,3 +86,28 @@ def test_subject_projection_makes_the_score_depend_on_the_subject():
     assert not torch.allclose(d(x, y, torch.zeros(5, dtype=torch.long)), d(x, y, torch.full((5,), 2)))
     d.set_subject_count(0)
     assert d(x, y).shape == (5,)
+
+
+def test_batch_std_scores_the_spread_of_each_class_and_source_apart():
+    """gan.critic_batch_std: the score depends on how much a trial's group (class, and real or generated
+    via `group`) varies, so an under-dispersed generated set scores differently from a real one with the
+    same trials' content; groups never mix, so one pass over real and generated trials equals two passes;
+    a critic that gains the term (fine-tuning) starts with unchanged scores."""
+    torch.manual_seed(0)
+    d = Critic(CriticConfig(n_chans=4, n_times=128, sfreq=128.0, width=8))
+    x, y = torch.randn(8, 4, 128), torch.tensor([0, 1] * 4)
+    before = d(x, y)
+    d.set_batch_std(True)
+    assert torch.allclose(d(x, y), before)  # zero-initialised
+    with torch.no_grad():
+        d.std_out.weight.normal_()
+    # The same first two trials, once with spread-out companions and once with near-copies of themselves.
+    spread = d(x, y)[:2]
+    copies = torch.cat([x[:2], x[:2].repeat(3, 1, 1) + 1e-3 * torch.randn(6, 4, 128)])
+    assert not torch.allclose(d(copies, y)[:2], spread, atol=1e-3)
+    real, fake = x, torch.randn(8, 4, 128) * 0.1
+    source = torch.cat([torch.zeros(8), torch.ones(8)]).long()
+    joint = d(torch.cat([real, fake]), torch.cat([y, y]), group=source)
+    assert torch.allclose(joint, torch.cat([d(real, y), d(fake, y)]), atol=1e-5)
+    d.set_batch_std(False)
+    assert not hasattr(d, "std_out") and torch.allclose(d(x, y), before)

@@ -246,3 +246,29 @@ def test_classifier_target_stops_pushing_at_the_asked_probability():
     assert abs(torch.sigmoid(torch.tensor(best)).item() - 0.75) < 0.02
     plain = per_trial(1.0)
     assert bool((plain[1:] < plain[:-1]).all())
+
+
+def test_classifier_noise_takes_away_the_reward_for_a_perturbation_too_small_to_survive_it():
+    """finetune.cls_noise: the classifier scores trials with noise of that many real-data standard
+    deviations added, so a perturbation far smaller than the noise no longer lowers the loss, while a
+    class feature larger than it still does; without noise the loss is deterministic."""
+    import torch
+
+    from data.dataset import Standardizer
+    from trainers.finetune import classifier_loss
+
+    unit = Standardizer(np.zeros(2, np.float32), np.ones(2, np.float32))
+
+    def classifier(x):  # a sharp detector of one sample: what an over-fitted classifier can key on
+        return torch.stack([torch.zeros(len(x)), 5 * torch.tanh(50 * x[:, 0, 0])], 1)
+
+    y = torch.ones(400, dtype=torch.long)
+    tiny, large = torch.zeros(400, 2, 8), torch.zeros(400, 2, 8)
+    tiny[:, 0, 0], large[:, 0, 0] = 0.05, 2.0
+    plain = classifier_loss(classifier, unit, unit, 1.0, "cpu", noise=0.0)
+    noisy = classifier_loss(classifier, unit, unit, 1.0, "cpu", noise=1.0)
+    torch.manual_seed(0)
+    assert plain(tiny, y)[0].item() < 0.05
+    assert plain(tiny, y)[0].item() == plain(tiny, y)[0].item()
+    assert noisy(tiny, y)[0].item() > 0.5
+    assert noisy(large, y)[0].item() < 0.2

@@ -91,6 +91,16 @@ def test_generator_ema_keeps_the_averaged_weights(make_cfg, tmp_path):
         assert torch.equal(saved[k], avg["module." + k]), k
 
 
+def test_critic_batch_std_is_trained_saved_and_loaded(make_cfg, tmp_path):
+    """gan.critic_batch_std: the run trains the critic's batch-spread weights and the saved critic
+    loads with them (what fine-tuning starts from)."""
+    from trainers.generate import load_generator
+
+    _, d = run(make_cfg, tmp_path, "gan.figure_every=10", "gan.critic_batch_std=true", "gan.calibrate=none")
+    critic = load_generator(d, with_critic=True).critic
+    assert critic.config.batch_std and critic.std_out.weight.abs().sum() > 0
+
+
 def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere():
     torch.manual_seed(0)
     t = torch.arange(640) / 160.0
