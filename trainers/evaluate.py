@@ -103,8 +103,6 @@ class Evaluator:
         if self.fixed is None:
             r = self.real
             if state is not None:
-                import torch
-
                 from data.dataset import Standardizer
                 from models import build_classifier
 
