@@ -12,7 +12,9 @@ class acts through an inner product with the features and the critic cannot igno
 `gan.subject_condition` the subject gets its own projection, <embed(subject), h>.
 With `gan.critic_batch_std` the score also sees how much the features vary within the batch (per class
 and source, a minibatch-standard-deviation feature as in Karras et al. 2018, one per feature): a
-per-trial critic cannot tell trials that are each realistic from a set that varies too little.
+per-trial critic cannot tell trials that are each realistic from a set that varies too little. It
+couples the trials of a batch, so the gradient penalty's per-trial gradients include that coupling (as
+in progressive GANs, which used it with WGAN-GP).
 """
 from __future__ import annotations
 

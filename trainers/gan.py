@@ -882,8 +882,9 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
     alpha = torch.rand(len(idx))[local].to(device)
     with torch.no_grad():
         fake = G(z, *cond)
-    # Real and fake in one critic pass: the critic is per-trial, and one batch of 2B keeps its
-    # convolutions' matrix products larger than two batches of B.
+    # Real and fake in one critic pass: one batch of 2B keeps the critic's convolutions' matrix products
+    # larger than two batches of B. The critic is per-trial, except for the gan.critic_batch_std term,
+    # for which `group` keeps the real and the generated trials' spreads apart.
     source = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))]).long().to(device)
     scores = D(torch.cat([real, fake]), *(torch.cat([c, c]) for c in cond), group=source)
     d_real, d_fake = scores[:len(real)].mean(), scores[len(real):].mean()
