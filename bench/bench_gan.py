@@ -72,7 +72,11 @@ the real pool, scored on the held-out run: phase-randomised copies (each trial's
 exact, its time structure gone: the best a generator of second-order statistics could offer) and
 copies circularly shifted by up to 0.25 s or 1 s (how time-locked the real CNN's signal is), and
 short-time phase-randomised copies (0.25, 0.5, 1 s frames: each frame's cross-spectrum kept, the power
-time course with it, the waveform within a frame not).
+time course with it, the waveform within a frame not). Both CNNs are also scored on phase-randomised
+copies of what they are tested on: a class signal that survives it is stationary (each trial's
+cross-spectrum), one that does not is in the time structure. Then the same questions for two classic
+decoder families (`decoder_families`): band-power LDA and Riemannian tangent space, trained on the real
+pool or on generated trials (as many per class as the pool holds).
 Each number is a mean over --repeats classifier seeds (and generated sets).
 
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
@@ -603,9 +607,11 @@ def cnn_transfer(args) -> dict:
             fc = ev.fit(Xg, yg, i)
             rows.append((fc.accuracy(Xh, yh), fc.accuracy(r.X_pool, r.y_pool), roc_auc_score(r.y_pool, margin(fc, r.X_pool)),
                          fc.accuracy(r.X_test, r.y_test), roc_auc_score(r.y_test, margin(fc, r.X_test))))
-        for k, v in zip(("acc_generated_heldout", "acc_real_pool", "auc_real_pool", "acc_test", "auc_test"),
-                        np.mean(rows, 0)):
+            rows[-1] += (fc.accuracy(M.phase_randomize(Xh, 9000 + i), yh),)
+        for k, v in zip(("acc_generated_heldout", "acc_real_pool", "auc_real_pool", "acc_test", "auc_test",
+                         "acc_generated_heldout_phase_randomised"), np.mean(rows, 0)):
             out[f"generated_trained_{n}_per_class_{k}"] = float(v)
+    out.update(decoder_families(r, b, n_real, seeds))
     rng = np.random.default_rng(0)
 
     def shifted(X, m):
@@ -626,6 +632,45 @@ def cnn_transfer(args) -> dict:
         out[f"{name}_trained_acc_test"] = float(np.mean(accs))
         if on_gen:
             out["real_trained_acc_generated"] = float(np.mean(on_gen))
+            out["real_trained_acc_test_phase_randomised"] = float(np.mean([
+                ev.fit(r.X_pool, r.y_pool, i).accuracy(M.phase_randomize(r.X_test, 9000 + i), r.y_test) for i in seeds]))
+    return out
+
+
+FAMILY_BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 40.0)}
+
+
+def decoder_families(r, b, per_class: int, seeds) -> dict:
+    """Which kind of class structure of the generated trials carries over to the held-out run: a shrinkage
+    LDA on log band power per channel (theta, mu, beta, gamma; the power a lateralisation decoder reads)
+    and a Riemannian tangent-space logistic regression on the trial covariance (the channel correlations
+    as well; bench_classifier.py's pipeline). Each is trained on the real pool (scored on the held-out run)
+    and on generated trials, as many per class as the pool holds (scored on held-out generated trials, on
+    the pool and on the held-out run). A generated set whose classes stand far further apart than real
+    ones in one family but carry over worse than the pool does has class structure of its own there."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from bench_classifier import riemann_pipeline
+    from utils import metrics as M
+
+    def logbp(X):
+        return np.log(np.concatenate([M.band_power(X, r.sfreq, band) for band in FAMILY_BANDS.values()], 1))
+
+    families = {"band_power_lda": (logbp, lambda: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")),
+                "tangent_space_lr": (lambda X: X.astype(np.float64), riemann_pipeline)}
+    out = {}
+    with M.blas_single_thread():  # 21x21 covariances and eigendecompositions (see utils/metrics.py)
+        for name, (feats, make) in families.items():
+            test, pool = feats(r.X_test), feats(r.X_pool)
+            out[f"{name}_real_trained_acc_test"] = float(make().fit(pool, r.y_pool).score(test, r.y_test))
+            rows = []
+            for i in seeds:
+                Xg, yg = b.sample(per_class, 1000 + i)
+                Xh, yh = b.sample(200, 5000 + i)
+                m = make().fit(feats(Xg), yg)
+                rows.append((m.score(feats(Xh), yh), m.score(pool, r.y_pool), m.score(test, r.y_test)))
+            for k, v in zip(("acc_generated_heldout", "acc_real_pool", "acc_test"), np.mean(rows, 0)):
+                out[f"{name}_generated_trained_{k}"] = float(v)
     return out
 
 

@@ -208,6 +208,10 @@ SCHEMA: dict[str, Any] = {
                             "the class-averaged statistic (null: all four)", nullable=True,
                             item=_str(None, "", choices=("theta", "mu", "beta", "gamma")),
                             check=lambda v: "names a band twice" if v is not None and len(set(v)) != len(v) else None),
+        "class_covariance": _str("full", "what the generator's class-conditional covariance targets (per class, "
+                                 "and per subject and class) keep of the real left/right difference: full (the "
+                                 "band covariances as measured) or power (band power only: both classes get the "
+                                 "class-averaged channel correlations)", choices=("full", "power")),
         "generator_ema": _float(0.0, "decay of an exponential moving average of the generator's weights, "
                                 "updated after every generator step; the averaged weights are what the run "
                                 "saves and samples from (0: the last weights)", lo=0, hi=0.9999),

@@ -71,6 +71,14 @@ def _equalise(pair: torch.Tensor, where: torch.Tensor, dim: int) -> None:
         pair.index_copy_(dim, idx, sel.mean(0, keepdim=True).expand_as(sel).contiguous())
 
 
+def _pool_correlations(pair: torch.Tensor) -> None:
+    """In place, on a (2, ..., C, C) class pair of covariances: both classes take the class-averaged channel
+    correlations, each rescaled to its own channel variances, so the pair differs in power only."""
+    sd = torch.diagonal(pair, dim1=-2, dim2=-1).clamp_min(1e-30).sqrt()
+    scale = sd[..., :, None] * sd[..., None, :]
+    pair.copy_((pair / scale).mean(0, keepdim=True) * scale)
+
+
 class SpectralTargets(torch.nn.Module):
     """Class-conditional spectral statistics of real trials, and losses pulling a batch towards them.
 
@@ -85,7 +93,7 @@ class SpectralTargets(torch.nn.Module):
     def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2,
                  band_classifier: bool = True, ema_decay: float = 0.9, subject: torch.Tensor | None = None,
                  subject_count: int = 0, envelope: bool = True, trial_cov: str | None = None,
-                 shrink_contrast: bool = False, class_bands=None):
+                 shrink_contrast: bool = False, class_bands=None, class_covariance: str = "full"):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -102,6 +110,14 @@ class SpectralTargets(torch.nn.Module):
         stats = [self._stats(X[y == c]) for c in range(class_count)]
         for name in ("logbp_mean", "logbp_std", "cov", "logpsd"):
             self.register_buffer(name, torch.stack([s[name] for s in stats]))
+        # gan.class_covariance = "power": the class pair differs only in band power, not in how channels
+        # correlate. On S006-S010 the training pool's class difference in channel correlations is sampling
+        # noise (a tangent-space decoder cross-validates at chance on it), and matched as it is, every
+        # generated trial carried it: generated classes 0.975-0.99 apart in tangent space, a decoder trained on
+        # them 0.55-0.59 on run 12 (README, session 18).
+        self.pool_correlations = class_covariance == "power" and class_count == 2
+        if self.pool_correlations:
+            _pool_correlations(self.cov)
         # gan.class_bands: the bands whose class difference is a target (`_restrict`); the rest get the
         # class-averaged statistic. Naming all four is the default, no restriction.
         self.class_bands = tuple(BANDS) if class_bands is None else tuple(class_bands)
@@ -196,10 +212,12 @@ class SpectralTargets(torch.nn.Module):
                     logbp[k], cov[k], present[k] = f["logbp"].mean(0), f["cov"].mean(0), True
                     if count > 1:
                         noise[k] = (f["logbp"].var(0) / count).sum()
-            if self.restricted:
-                for s in range(self.subject_count):
-                    if present[2 * s] and present[2 * s + 1]:
+            for s in range(self.subject_count):
+                if present[2 * s] and present[2 * s + 1]:
+                    if self.restricted:
                         self._restrict(logbp[2 * s:2 * s + 2], cov[2 * s:2 * s + 2])  # views: in place
+                    if self.pool_correlations:
+                        _pool_correlations(cov[2 * s:2 * s + 2])
             wcov = self._whitened(cov)
             if class_count == 2:
                 self._shrink_subject_contrast(logbp, wcov, present, noise)
@@ -633,7 +651,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                               envelope=g_cfg["envelope_weight"] > 0,
                               trial_cov=g_cfg["trial_cov_form"] if g_cfg["trial_cov_weight"] > 0 else None,
                               shrink_contrast=g_cfg["shrink_contrast"],
-                              class_bands=g_cfg["class_bands"]).to(device)
+                              class_bands=g_cfg["class_bands"],
+                              class_covariance=g_cfg["class_covariance"]).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     opt_g, opt_d = build_optimizers(cfg, G, D)
     base_lr = [(opt, opt.param_groups[0]["lr"]) for opt in (opt_g, opt_d)]  # before a resume loads the last rates

@@ -293,6 +293,33 @@ def test_class_bands_keep_the_class_difference_of_the_named_bands_only():
     assert torch.allclose(mu.cov.mean(0), raw.cov.mean(0), atol=1e-5)
 
 
+def test_power_class_covariance_keeps_the_class_difference_in_power_and_drops_it_in_correlations():
+    """gan.class_covariance="power": right trials are louder on channel 1 and correlate channels 2 and 3;
+    the targets (per class and per subject cell) keep the power difference and give both classes the
+    same channel correlations; "full" keeps both differences."""
+    torch.manual_seed(0)
+    y, s = torch.arange(120) % 2, (torch.arange(120) // 2) % 3
+    X = torch.randn(120, 4, 640)
+    X[y == 1, 1] *= 2.0
+    X[y == 1, 3] = 0.8 * X[y == 1, 2] + 0.6 * X[y == 1, 3]
+    kw = dict(band_classifier=False, envelope=False, subject=s, subject_count=3)
+    full = gan.SpectralTargets(X, y, 160.0, **kw)
+    power = gan.SpectralTargets(X, y, 160.0, class_covariance="power", **kw)
+
+    def corr(cov):  # (..., C, C) -> correlation of channels 2 and 3
+        return cov[..., 2, 3] / (cov[..., 2, 2] * cov[..., 3, 3]).sqrt()
+
+    assert (corr(full.cov[1]) - corr(full.cov[0])).min() > 0.6          # 0.8 against 0
+    assert (corr(power.cov[1]) - corr(power.cov[0])).abs().max() < 1e-5
+    assert corr(power.cov[0]).min() > 0.3                              # the class-averaged correlation
+    assert torch.allclose(power.logbp_mean, full.logbp_mean)            # band power untouched
+    assert (power.d_logbp[:, 1] > 1.2).all()                           # ln 4 = 1.39
+    unwhiten = torch.linalg.inv(power.whiten)                         # the cells' targets are whitened
+    raw_cells = unwhiten @ power.cell_wcov @ unwhiten
+    assert (corr(raw_cells[1::2]) - corr(raw_cells[0::2])).abs().max() < 1e-3
+    assert power.losses(X, y, s)["contrast"].item() > full.losses(X, y, s)["contrast"].item()
+
+
 def test_class_calibration_with_class_bands_keeps_class_differences_inside_them_only():
     gen = _tiny_generator()
     X, y, freqs = _known_response_trials(gen, [(0, 0, 8, 13, 1.5), (1, 1, 18, 25, 0.7)])
