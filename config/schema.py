@@ -218,6 +218,10 @@ SCHEMA: dict[str, Any] = {
         "envelope_weight": _float(1.0, "class-conditional matching of the time course of theta, mu and beta power "
                                   "within the trial (0.5 s windows, log, relative to its trial mean): the ERD/ERS "
                                   "curve", lo=0),
+        "csp_envelope_weight": _float(0.0, "class-conditional matching of the time course of power of the real "
+                                      "training trials' CSP components (6 per theta/mu/beta band, 0.5 s windows, "
+                                      "log, relative to its trial mean): the envelope term seen through the "
+                                      "spatial filters a decoder reads (0: off)", lo=0),
         "trial_cov_weight": _float(0.0, "matching of the trial-to-trial covariance of log band power within a "
                                    "class (channels x bands, Ledoit-Wolf target, in units of the real spread): "
                                    "the feature correlations a decoder's weights depend on", lo=0),
@@ -241,6 +245,9 @@ SCHEMA: dict[str, Any] = {
                              "(only a per-class gain of 2 learned spatial components per band). Fine-tuning "
                              "uses this value whatever the pretrained run used",
                              choices=("embedding", "spectral", "spatial")),
+        "token_gain": _bool(False, "generator: a learned log gain per time token and channel, read from GPT-2's "
+                            "output, so power can rise and fall within the trial (fine-tuning uses this value "
+                            "whatever the pretrained run used; it starts at gains of 1)"),
         "calibrate": _str("class", "after training, fit a per-channel output magnitude response so the generated "
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, band (pooled, plus one factor per class, channel and theta/mu/beta/gamma band), "

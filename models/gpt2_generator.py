@@ -60,6 +60,8 @@ class GPT2GeneratorConfig:
     # only a per-class gain of CLASS_COMPONENTS learned spatial components per band (a low-rank change of
     # the band covariance, the model behind CSP), GPT-2 again seeing no class.
     class_effect: str = "embedding"
+    # gan.token_gain: a per-token, per-channel log gain read from GPT-2's output (see set_token_gain).
+    token_gain: bool = False
     noise_variance: float = 1.0
     vocab_size: int = 1
     n_positions: int = 64
@@ -85,7 +87,7 @@ class GPT2GeneratorConfig:
         kw = {k: cfg[k] for k in GPT2_KEYS}
         return cls(n_chans=n_chans, n_times=n_times, patch_size=cfg["gan"]["patch_size"],
                    condition_size=cfg["condition_size"], class_count=cfg["class_count"], subjects=subjects,
-                   class_effect=cfg["gan"]["class_effect"],
+                   class_effect=cfg["gan"]["class_effect"], token_gain=cfg["gan"]["token_gain"],
                    noise_variance=cfg["noise_variance"], sfreq=sfreq, l_freq=cfg["data"]["l_freq"],
                    h_freq=cfg["data"]["h_freq"], **kw)
 
@@ -155,6 +157,27 @@ class GPT2Generator(nn.Module):
         with torch.no_grad():
             self.gain.weight.zero_()
             self.gain.bias.zero_()
+        self.set_token_gain(config.token_gain)
+
+    def set_token_gain(self, on: bool) -> None:
+        """gan.token_gain: add (or drop) a zero-initialised linear map from each token's hidden state to a
+        log gain per channel, interpolated linearly over the token's samples, so the output's power can
+        rise and fall within the trial. The same LayerNorm that flattens the per-trial amplitude (see
+        `gain`) flattens it from token to token: the generators' power varied less over 0.5 s windows than
+        real trials' (median sd of log power 0.27 against 0.36-0.39 on S006-S010, README session 18), and
+        the time course of power is what a CNN trained on real trials reads there. Zero weights: the
+        output is unchanged until training moves them, so a pretrained generator can take it on."""
+        self.config.token_gain = bool(on)
+        if not on:
+            if hasattr(self, "token_gain"):
+                del self.token_gain
+            return
+        if not hasattr(self, "token_gain"):
+            self.token_gain = nn.Linear(self.config.n_embd, self.config.n_chans,
+                                        device=self.class_embedding.weight.device)
+            with torch.no_grad():
+                self.token_gain.weight.zero_()
+                self.token_gain.bias.zero_()
 
     @torch.no_grad()
     def init_from_data(self, X: torch.Tensor, gain_spread: float = 1.0) -> None:
@@ -321,6 +344,9 @@ class GPT2Generator(nn.Module):
         h = self.transformer(inputs_embeds=self.input_proj(torch.cat([z, cond], dim=-1))).last_hidden_state
         x = self.head(h).view(z.shape[0], c.n_tokens, c.n_chans, c.patch_size)
         x = x.permute(0, 2, 1, 3).reshape(z.shape[0], c.n_chans, c.n_times)
+        if c.token_gain:
+            log_gain = self.token_gain(h).transpose(1, 2)                       # (B, n_chans, n_tokens)
+            x = x * torch.exp(F.interpolate(log_gain, size=c.n_times, mode="linear", align_corners=False))
         x = torch.einsum("cd,bdt->bct", self.spatial, self.smooth(x)) * torch.exp(self.gain(z[:, 0]))[:, :, None]
         spec = rfft(x)
         if c.class_effect == "spectral":

@@ -120,6 +120,7 @@ def adapt_to_target(generator, critic, cfg: dict, pretrained_info: dict, target_
     restarted (recorded as `finetune_reinit`)."""
     reinit = resolve_reinit(cfg["finetune"]["reinit"], pretrained_info, target_info)
     generator.set_class_effect(cfg["gan"]["class_effect"])
+    generator.set_token_gain(cfg["gan"]["token_gain"])
     critic.set_batch_std(cfg["gan"]["critic_batch_std"])
     restart_on_target(generator, critic, reinit, standardizer.transform(train.X), cfg["gan"]["gain_spread"])
     condition_on_subjects(generator, critic, target_subjects(cfg, train))

@@ -5,8 +5,8 @@ Per real batch (trial order from `epoch_order`, labels taken from the real trial
   weights: loss = E[D(fake, y)] - E[D(real, y)] + gp_weight * E[(||grad_x D(x_hat, y)||_2 - 1)^2],
   x_hat = a * real + (1 - a) * fake, a ~ U(0, 1) per trial, real and fake of the same class y;
 - one generator update: adv_weight * -E[D(G(z, y), y)] + moment_weight * moment loss + psd_weight *
-  spectrum loss + contrast_weight * contrast loss + envelope_weight * envelope loss + trial_cov_weight *
-  trial-covariance loss (+ band_cls_weight *
+  spectrum loss + contrast_weight * contrast loss + envelope_weight * envelope loss + csp_envelope_weight *
+  CSP-envelope loss + trial_cov_weight * trial-covariance loss (+ band_cls_weight *
   band-classifier loss, and the fine-tuning trainer's classifier term). With
   `gan.paired_classes` (default) its batch is pairs (z, left), (z, right) sharing the noise.
 
@@ -46,6 +46,7 @@ CLASS_NAMES = ("left", "right")
 # Time course of band power (the ERD/ERS curve): band-limited power averaged in windows of this length.
 ENVELOPE_BANDS = ("theta", "mu", "beta")
 ENVELOPE_WINDOW_S = 0.5
+CSP_ENVELOPE_COMPONENTS = 6  # per band, half from each end of the CSP spectrum
 MOTOR_TRIO = ("C3", "Cz", "C4")
 # Below this many generator updates a run is warned: on S007 (24 trials, one update an epoch) the
 # class structure formed between 50 and 150 updates (README, "Transfer, session 4").
@@ -93,7 +94,8 @@ class SpectralTargets(torch.nn.Module):
     def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, class_count: int = 2,
                  band_classifier: bool = True, ema_decay: float = 0.9, subject: torch.Tensor | None = None,
                  subject_count: int = 0, envelope: bool = True, trial_cov: str | None = None,
-                 shrink_contrast: bool = False, class_bands=None, class_covariance: str = "full"):
+                 shrink_contrast: bool = False, class_bands=None, class_covariance: str = "full",
+                 csp_envelope: bool = False):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -137,16 +139,22 @@ class SpectralTargets(torch.nn.Module):
         # and 0.8-0.9 at 0.5-1.5 s) and a stationary generator has none of that. Only the shape is a
         # target (log power per window minus its mean over windows); the level is the moment term's.
         self.win = max(1, int(round(ENVELOPE_WINDOW_S * sfreq)))
-        self.n_win = n_times // self.win if envelope else 0  # off: not computed at all (weight 0)
+        # Off (weight 0): not computed at all. The CSP envelope shares the windows and band masks.
+        self.n_win = n_times // self.win if envelope or csp_envelope else 0
+        self.channel_envelope = envelope and self.n_win >= 2
         if self.n_win >= 2:
             mask = torch.stack([((freqs >= BANDS[b][0]) & (freqs < BANDS[b][1])).float() for b in ENVELOPE_BANDS])
             self.register_buffer("env_mask", mask)                               # (n_env_bands, F)
+        if self.channel_envelope:
             with torch.no_grad():
                 self.register_buffer("logenv", torch.stack([self._shape(self.envelope(X[y == c]).mean(0))
                                                             for c in range(class_count)]))
             if self.restricted:
                 _equalise(self.logenv, torch.tensor([b not in self.class_bands for b in ENVELOPE_BANDS]), dim=1)
             self.register_buffer("ema_env", torch.zeros_like(self.logenv))
+        self.csp_envelope = bool(csp_envelope) and self.n_win >= 2 and class_count == 2
+        if self.csp_envelope:
+            self._fit_csp_envelope(X, y)
         # Class contrast (right minus left): the part of the statistics that carries the label. It is
         # a few percent of the statistics themselves, so it gets its own, self-normalised term.
         # It is compared in whitened coordinates: W = (pooled class-mean covariance)^-1/2 per band,
@@ -365,12 +373,48 @@ class SpectralTargets(torch.nn.Module):
         n = (p.shape[-1] // self.per) * self.per
         return p[..., :n].reshape(*p.shape[:-1], -1, self.per).mean(-1)
 
+    def band_signals(self, x: torch.Tensor, Xf: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, T) -> (B, n_env_bands, C, T): theta, mu and beta band-passed by FFT mask."""
+        Xf = rfft(x) if Xf is None else Xf
+        return torch.fft.irfft(Xf[:, None] * self.env_mask[None, :, None, :].to(x.device), n=x.shape[-1], dim=-1)
+
+    def _windowed_power(self, xb: torch.Tensor) -> torch.Tensor:
+        return xb[..., :self.n_win * self.win].pow(2).reshape(*xb.shape[:-1], self.n_win, self.win).mean(-1)
+
     def envelope(self, x: torch.Tensor, Xf: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, T) -> (B, n_env_bands, C, n_win): band-limited power (FFT mask) averaged per window.
         Xf: rfft(x) when the caller has it."""
-        Xf = rfft(x) if Xf is None else Xf
-        xb = torch.fft.irfft(Xf[:, None] * self.env_mask[None, :, None, :].to(x.device), n=x.shape[-1], dim=-1)
-        return xb[..., :self.n_win * self.win].pow(2).reshape(*xb.shape[:-1], self.n_win, self.win).mean(-1)
+        return self._windowed_power(self.band_signals(x, Xf))
+
+    def _fit_csp_envelope(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        """gan.csp_envelope_weight: CSP filters of the real training trials per theta/mu/beta band (the
+        CSP_ENVELOPE_COMPONENTS extreme generalised eigenvectors of (C_right, C_left + C_right)) and, per
+        class, the time course of their class-mean power in the envelope windows (log, minus its mean over
+        windows). The channel envelope follows every channel alone; a decoder reads power through
+        spatial filters, and the time course of the filtered power is what it sees."""
+        from scipy.linalg import eigh
+
+        from utils.metrics import blas_single_thread
+
+        k = CSP_ENVELOPE_COMPONENTS // 2
+        filters = []
+        with torch.no_grad():
+            xb = self.band_signals(X).double()                                   # (N, nb, C, T)
+            cov = torch.einsum("nbct,nbdt->nbcd", xb, xb) / xb.shape[-1]
+            for b in range(xb.shape[1]):
+                c0, c1 = cov[y == 0, b].mean(0).numpy(), cov[y == 1, b].mean(0).numpy()
+                with blas_single_thread():
+                    _, vecs = eigh(c1, c0 + c1 + 1e-6 * np.trace(c0 + c1) / len(c0) * np.eye(len(c0)))
+                filters.append(np.concatenate([vecs[:, :k], vecs[:, -k:]], 1).T)  # (2k, C)
+            self.register_buffer("csp_filters", torch.from_numpy(np.stack(filters)).float())  # (nb, 2k, C)
+            env = self.csp_env(X)
+            self.register_buffer("csp_logenv", torch.stack([self._shape(env[y == c].mean(0)) for c in (0, 1)]))
+        self.register_buffer("ema_csp_env", torch.zeros_like(self.csp_logenv))
+
+    def csp_env(self, x: torch.Tensor, Xf: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, T) -> (B, n_env_bands, n_components, n_win): windowed power of the CSP components."""
+        xb = self.band_signals(x, Xf)
+        return self._windowed_power(torch.einsum("bkc,nbct->nbkt", self.csp_filters.to(x.dtype), xb))
 
     @staticmethod
     def _shape(env_mean: torch.Tensor) -> torch.Tensor:
@@ -405,7 +449,9 @@ class SpectralTargets(torch.nn.Module):
         f = self.features(x, Xf)
         moment, spectrum, envelope, n = x.new_zeros(()), x.new_zeros(()), x.new_zeros(()), 0
         means, wcovs = {}, {}
-        env = self.envelope(x, Xf) if self.n_win >= 2 else None
+        env = self.envelope(x, Xf) if self.channel_envelope else None
+        csp_env = self.csp_env(x, Xf) if self.csp_envelope else None
+        csp_envelope = x.new_zeros(())
         for c in range(self.logbp_mean.shape[0]):
             sel = y == c
             if sel.sum() < 2:
@@ -423,6 +469,9 @@ class SpectralTargets(torch.nn.Module):
                 # EMA in power (not log) units, so it averages like more trials would.
                 envelope = envelope + F.mse_loss(self._shape(self._ema("ema_env", c, env[sel].mean(0))),
                                                  self.logenv[c])
+            if csp_env is not None:
+                csp_envelope = csp_envelope + F.mse_loss(
+                    self._shape(self._ema("ema_csp_env", c, csp_env[sel].mean(0))), self.csp_logenv[c])
             n += 1
         if self.training:
             for c in means:
@@ -470,7 +519,7 @@ class SpectralTargets(torch.nn.Module):
                     self.ema_cell_count[cells] += 1
         return {"moment": moment / max(n, 1), "spectrum": spectrum / max(n, 1), "contrast": contrast,
                 "band_cls": band_cls, "subject_moment": subject_moment, "envelope": envelope / max(n, 1),
-                "trial_cov": trial_cov}
+                "trial_cov": trial_cov, "csp_envelope": csp_envelope / max(n, 1)}
 
 
 def gaussian_kl(cov: torch.Tensor, target: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
@@ -652,7 +701,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                               trial_cov=g_cfg["trial_cov_form"] if g_cfg["trial_cov_weight"] > 0 else None,
                               shrink_contrast=g_cfg["shrink_contrast"],
                               class_bands=g_cfg["class_bands"],
-                              class_covariance=g_cfg["class_covariance"]).to(device)
+                              class_covariance=g_cfg["class_covariance"],
+                              csp_envelope=g_cfg["csp_envelope_weight"] > 0).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     opt_g, opt_d = build_optimizers(cfg, G, D)
     base_lr = [(opt, opt.param_groups[0]["lr"]) for opt in (opt_g, opt_d)]  # before a resume loads the last rates
@@ -929,7 +979,7 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
     loss_g = gan["adv_weight"] * adv + gan["moment_weight"] * (terms["moment"] + terms["subject_moment"]) \
         + gan["psd_weight"] * terms["spectrum"] + gan["contrast_weight"] * terms["contrast"] \
         + gan["band_cls_weight"] * terms["band_cls"] + gan["envelope_weight"] * terms["envelope"] \
-        + gan["trial_cov_weight"] * terms["trial_cov"]
+        + gan["trial_cov_weight"] * terms["trial_cov"] + gan["csp_envelope_weight"] * terms["csp_envelope"]
     if extra_loss is not None:
         extra, extra_metrics = extra_loss(fake, y)
         loss_g = loss_g + extra
@@ -941,7 +991,7 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
     out.update(generator_loss=loss_g.item(), adversarial_loss=adv.item(), moment_loss=terms["moment"].item(),
                spectrum_loss=terms["spectrum"].item(), contrast_loss=terms["contrast"].item(),
                band_cls_loss=terms["band_cls"].item(), envelope_loss=terms["envelope"].item(),
-               trial_cov_loss=terms["trial_cov"].item(),
+               trial_cov_loss=terms["trial_cov"].item(), csp_envelope_loss=terms["csp_envelope"].item(),
                **({"subject_moment_loss": terms["subject_moment"].item()} if s_tr is not None else {}))
     return out
 

@@ -195,3 +195,30 @@ def test_spatial_class_effect_scales_one_band_component_and_leaves_the_rest():
     assert torch.allclose(s1[..., beta], s0[..., beta], atol=1e-4)
     torch.fft.irfft(s1).pow(2).sum().backward()
     assert g.class_pattern.grad.abs().sum() > 0 and g.class_gain.grad.abs().sum() > 0
+
+
+def test_token_gain_starts_as_identity_and_lets_power_change_within_the_trial():
+    """gan.token_gain: a zero-initialised per-token, per-channel log gain. Added to a generator it
+    changes nothing; once its weights move, the output's power varies from one part of the trial to
+    another (smoothly: interpolated between tokens), and it gets gradient; switching it off removes it."""
+    torch.manual_seed(0)
+    g = GPT2Generator(tiny()).eval()
+    z, y = g.sample_noise(8), torch.tensor([0, 1] * 4)
+    plain = g(z, y)
+    g.set_token_gain(True)
+    assert g.config.token_gain and torch.equal(g(z, y), plain)
+    with torch.no_grad():
+        g.token_gain.bias.fill_(0.0)
+        g.token_gain.weight.normal_(0, 1.0)
+    x = g(z, y)
+
+    def swing(x):  # mean |log power ratio| between the two halves of the trial
+        halves = x.reshape(8, 5, 2, 32).pow(2).mean(-1)
+        return (halves[..., 0].log() - halves[..., 1].log()).abs().mean().item()
+
+    assert swing(x) > 3 * swing(plain)
+    x.pow(2).mean().backward()
+    assert g.token_gain.weight.grad.abs().sum() > 0
+    g.set_token_gain(False)
+    assert not hasattr(g, "token_gain") and torch.equal(g(z, y), plain)
+    assert GPT2Generator(tiny(token_gain=True)).token_gain.weight.abs().sum() == 0   # from the config too

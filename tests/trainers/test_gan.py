@@ -101,6 +101,19 @@ def test_critic_batch_std_is_trained_saved_and_loaded(make_cfg, tmp_path):
     assert critic.config.batch_std and critic.std_out.weight.abs().sum() > 0
 
 
+def test_csp_envelope_term_is_logged_and_trained(make_cfg, tmp_path):
+    """gan.csp_envelope_weight > 0: the run computes the term (logged per epoch in metrics.jsonl); at 0, the
+    default, it is 0 throughout."""
+    import json
+
+    for weight in (2.0, 0.0):
+        _, d = run(make_cfg, tmp_path / str(weight), "gan.figure_every=10", f"gan.csp_envelope_weight={weight}",
+                   "gan.calibrate=none")
+        rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        values = [r["csp_envelope_loss"] for r in rows]
+        assert all(v > 0 for v in values) if weight else all(v == 0 for v in values)
+
+
 def test_spectral_targets_are_zero_on_the_real_statistics_and_positive_elsewhere():
     torch.manual_seed(0)
     t = torch.arange(640) / 160.0
@@ -161,6 +174,36 @@ def test_envelope_target_is_the_time_course_of_band_power():
     assert targets.losses(X.flip(-1), y)["envelope"].item() > 0.05   # nor is the time course symmetric
     off = gan.SpectralTargets(X, y, 160.0, envelope=False)           # gan.envelope_weight=0: not computed
     assert off.losses(stationary, y)["envelope"].item() == 0.0 and not hasattr(off, "logenv")
+
+
+def test_csp_envelope_follows_the_time_course_of_the_discriminative_spatial_component():
+    """gan.csp_envelope_weight: right trials carry a mu rhythm on the difference of channels 0 and 1 that
+    fades after 1 s. The CSP filters find that spatial component, its class-mean power time course is a
+    target, and trials with the same component at constant power are penalised; off, nothing is computed."""
+    torch.manual_seed(0)
+    t = torch.arange(640) / 160.0
+    y = torch.tensor([0, 1] * 30)
+    X = torch.randn(60, 4, 640) * 0.3
+    fade = torch.where(t < 1.0, 1.0, 0.3)
+    burst = torch.sin(2 * torch.pi * 10 * t + torch.rand(60, 1) * 6.28) * (y == 1)[:, None]
+    X[:, 0] += burst * fade
+    X[:, 1] -= burst * fade
+    targets = gan.SpectralTargets(X, y, 160.0, csp_envelope=True).eval()
+    w = targets.csp_filters[1]                                       # mu band, (6, 4) filters
+    top = w[-1]                                                      # the right-class end of the spectrum
+    assert abs(top[0] + top[1]) < 0.2 * abs(top[0] - top[1])         # channel 0 minus channel 1
+    assert targets.csp_env(X).shape == (60, 3, 6, 8)
+    assert targets.losses(X, y)["csp_envelope"].item() < 1e-6
+    flat = X.clone()
+    steady = burst * fade.pow(2).mean().sqrt()
+    flat[:, 0] += steady - burst * fade
+    flat[:, 1] -= steady - burst * fade
+    assert targets.losses(flat, y)["csp_envelope"].item() > 0.01   # one of 3 bands x 6 components, one class
+    off = gan.SpectralTargets(X, y, 160.0)
+    assert off.losses(flat, y)["csp_envelope"].item() == 0.0 and not hasattr(off, "csp_filters")
+    alone = gan.SpectralTargets(X, y, 160.0, envelope=False, csp_envelope=True)  # gan.envelope_weight=0
+    terms = alone.losses(flat, y)
+    assert terms["csp_envelope"].item() > 0.01 and terms["envelope"].item() == 0.0 and not hasattr(alone, "logenv")
 
 
 @pytest.mark.parametrize("form", ["kl", "frobenius"])
