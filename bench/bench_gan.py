@@ -637,9 +637,6 @@ def cnn_transfer(args) -> dict:
     return out
 
 
-FAMILY_BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 40.0)}
-
-
 def decoder_families(r, b, per_class: int, seeds) -> dict:
     """Which kind of class structure of the generated trials carries over to the held-out run: a shrinkage
     LDA on log band power per channel (theta, mu, beta, gamma; the power a lateralisation decoder reads)
@@ -648,15 +645,10 @@ def decoder_families(r, b, per_class: int, seeds) -> dict:
     and on generated trials, as many per class as the pool holds (scored on held-out generated trials, on
     the pool and on the held-out run). A generated set whose classes stand far further apart than real
     ones in one family but carry over worse than the pool does has class structure of its own there."""
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-
     from bench_classifier import riemann_pipeline
     from utils import metrics as M
 
-    def logbp(X):
-        return np.log(np.concatenate([M.band_power(X, r.sfreq, band) for band in FAMILY_BANDS.values()], 1))
-
-    families = {"band_power_lda": (logbp, lambda: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")),
+    families = {"band_power_lda": (lambda X: M.log_band_power_features(X, r.sfreq), M.shrinkage_lda),
                 "tangent_space_lr": (lambda X: X.astype(np.float64), riemann_pipeline)}
     out = {}
     with M.blas_single_thread():  # 21x21 covariances and eigendecompositions (see utils/metrics.py)

@@ -40,7 +40,7 @@ CANDIDATES = ("gan", "phase_random", "real")
 DEFAULTS = {"n_per_class": None, "augment_trials": [5, 10, 20], "augment_seeds": 3, "augment_per_class": 40,
             "classifier_steps": 100, "classifier_batch": 32, "classifier_lr": 0.003, "architecture": None, "fd_dims": 32,
             "csp_components": 6, "figures": True}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: band-power LDA in the decoding references
 
 
 def settings(cfg: dict) -> dict:
@@ -142,7 +142,8 @@ class Evaluator:
         r = self.real
         clf = self.fit(X, y, seed)
         return {"cnn": clf.accuracy(r.X_test, r.y_test),
-                "csp_lda": M.csp_lda_accuracy(X, y, r.X_test, r.y_test, self.s["csp_components"])}
+                "csp_lda": M.csp_lda_accuracy(X, y, r.X_test, r.y_test, self.s["csp_components"]),
+                "band_lda": M.band_lda_accuracy(X, y, r.X_test, r.y_test, r.sfreq)}
 
     def augmentation(self, extra_fn, desc: str) -> dict:
         """Accuracy on held-out trials when k real trials per class (+ extra trials) train the classifier.
@@ -190,7 +191,8 @@ class Evaluator:
         steps = tqdm(total=5, desc="evaluation references", disable=not self.progress, leave=False)
         fixed = self.fixed_classifier()
         trtr = {"cnn": fixed.accuracy(r.X_test, r.y_test),
-                "csp_lda": M.csp_lda_accuracy(r.X_pool, r.y_pool, r.X_test, r.y_test, self.s["csp_components"])}
+                "csp_lda": M.csp_lda_accuracy(r.X_pool, r.y_pool, r.X_test, r.y_test, self.s["csp_components"]),
+                "band_lda": M.band_lda_accuracy(r.X_pool, r.y_pool, r.X_test, r.y_test, r.sfreq)}
         steps.update()
         out = {"real": {"distribution": self.distribution(r.X_a, r.y_a), "decoding": trtr}}
         steps.update()
@@ -289,6 +291,7 @@ def headline(result: dict) -> dict:
         d, dec = c[name]["distribution"], c[name]["decoding"]
         h[f"eval_tstr_cnn{short}"] = dec["cnn"]
         h[f"eval_tstr_csp{short}"] = dec["csp_lda"]
+        h[f"eval_tstr_band{short}"] = dec["band_lda"]
         h[f"eval_frechet{short}"] = d["frechet"]
         h[f"eval_swd{short}"] = d["sliced_wasserstein"]
         h[f"eval_psd_db{short}"] = d["psd_db_abs"]
@@ -337,6 +340,7 @@ def _fmt(v, pct=False) -> str:
 METRIC_ROWS = [  # (label, path into a candidate's result, percentage?)
     ("TSTR accuracy, CNN (TRTR for real)", ("decoding", "cnn"), True),
     ("TSTR accuracy, CSP+LDA (TRTR for real)", ("decoding", "csp_lda"), True),
+    ("TSTR accuracy, band-power LDA (TRTR for real)", ("decoding", "band_lda"), True),
     ("Frechet distance (classifier features)", ("distribution", "frechet"), False),
     ("Sliced Wasserstein (units of real std)", ("distribution", "sliced_wasserstein"), False),
     ("mean abs log-PSD difference, dB (4-40 Hz)", ("distribution", "psd_db_abs"), False),

@@ -63,7 +63,8 @@ def test_evaluate_round_writes_report_figures_and_headline(make_cfg, tmp_path):
     cfg = make_cfg(*TINY)
     run = make_gan_run(cfg, tmp_path / "run")
     head = evaluate_round(run, cfg, "cpu", progress=False)
-    for k in ("eval_tstr_cnn", "eval_tstr_cnn_phase", "eval_tstr_cnn_floor", "eval_frechet", "eval_frechet_phase",
+    for k in ("eval_tstr_cnn", "eval_tstr_cnn_phase", "eval_tstr_cnn_floor", "eval_tstr_band", "eval_tstr_band_floor",
+              "eval_frechet", "eval_frechet_phase",
               "eval_frechet_floor", "eval_swd", "eval_psd_db", "eval_nn_ratio", "eval_aug_gain_5", "eval_time_s"):
         assert k in head and np.isfinite(head[k]), k
     assert 0 <= head["eval_tstr_cnn"] <= 1

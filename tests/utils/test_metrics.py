@@ -117,6 +117,14 @@ def test_csp_tstr_matches_trtr_on_identical_sets_and_falls_below_chance_on_swapp
     assert M.csp_lda_accuracy(Xa, 1 - ya, Xb, yb) < 0.1
 
 
+def test_band_lda_reads_the_lateralised_power_and_falls_below_chance_on_swapped_classes(sets):
+    Xa, ya, Xb, yb = sets
+    trtr = M.band_lda_accuracy(Xa, ya, Xb, yb, SFREQ)
+    assert trtr > 0.9
+    assert M.band_lda_accuracy(Xa, 1 - ya, Xb, yb, SFREQ) < 0.1
+    assert M.log_band_power_features(Xa, SFREQ).shape == (len(Xa), 4 * Xa.shape[1])
+
+
 def test_copies_of_training_trials_give_nn_ratio_near_zero(sets):
     Xa, _, Xb, _ = sets
     Xtr = Xa
