@@ -276,8 +276,12 @@ DECODER_BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "
 
 
 def log_band_power_features(X: np.ndarray, sfreq: float) -> np.ndarray:
-    """(n, n_chans, n_times) -> (n, 4 * n_chans): log Welch power per channel in theta, mu, beta, gamma."""
-    return np.log(np.maximum(np.concatenate([band_power(X, sfreq, b) for b in DECODER_BANDS.values()], 1), 1e-300))
+    """(n, n_chans, n_times) -> (n, 4 * n_chans): log Welch power per channel in theta, mu, beta, gamma
+    (one Welch pass; each band's bins as band_power takes them)."""
+    lo, hi = min(b[0] for b in DECODER_BANDS.values()), max(b[1] for b in DECODER_BANDS.values())
+    P, f = psd(X, sfreq, lo, hi)
+    bands = [P[..., (f >= a) & (f <= b)].mean(-1) for a, b in DECODER_BANDS.values()]
+    return np.log(np.maximum(np.concatenate(bands, 1), 1e-300))
 
 
 def shrinkage_lda():
