@@ -36,9 +36,9 @@ from trainers.common import GracefulInterrupt, MetricsLog, check_finite, load_tr
 from utils import distributed as dist
 from utils.checkpoint import write_json
 from utils.fft import rfft
+from utils.metrics import BANDS
 from utils.runtime import autocast, seed_everything
 
-BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 40.0)}
 # Statistics also use the whole spectrum ("broad", filter skirts included): the broadband spatial
 # covariance is what CSP-type decoders see.
 STAT_BANDS = {**BANDS, "broad": (0.0, float("inf"))}
@@ -412,8 +412,10 @@ class SpectralTargets(torch.nn.Module):
 
     def csp_env(self, x: torch.Tensor, Xf: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, T) -> (B, n_env_bands, n_components, n_win): windowed power of the CSP components."""
-        xb = self.band_signals(x, Xf)
-        return self._windowed_power(torch.einsum("bkc,nbct->nbkt", self.csp_filters.to(x.dtype), xb))
+        return self._csp_power(self.band_signals(x, Xf))
+
+    def _csp_power(self, xb: torch.Tensor) -> torch.Tensor:
+        return self._windowed_power(torch.einsum("bkc,nbct->nbkt", self.csp_filters.to(xb.dtype), xb))
 
     @staticmethod
     def _shape(env_mean: torch.Tensor) -> torch.Tensor:
@@ -448,8 +450,9 @@ class SpectralTargets(torch.nn.Module):
         f = self.features(x, Xf)
         moment, spectrum, envelope, n = x.new_zeros(()), x.new_zeros(()), x.new_zeros(()), 0
         means, wcovs = {}, {}
-        env = self.envelope(x, Xf) if self.channel_envelope else None
-        csp_env = self.csp_env(x, Xf) if self.csp_envelope else None
+        xb = self.band_signals(x, Xf) if self.channel_envelope or self.csp_envelope else None
+        env = self._windowed_power(xb) if self.channel_envelope else None
+        csp_env = self._csp_power(xb) if self.csp_envelope else None
         csp_envelope = x.new_zeros(())
         for c in range(self.logbp_mean.shape[0]):
             sel = y == c

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+# The EEG bands the generator's targets (trainers.gan) and the band-power decoder below work in, Hz.
+BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 40.0)}
 MU_BAND = (8.0, 13.0)
 BETA_BAND = (13.0, 30.0)
 PSD_BAND = (4.0, 40.0)
@@ -272,15 +274,12 @@ def csp_lda_accuracy(X_train, y_train, X_test, y_test, n_components: int = 6) ->
     return float((pred == np.asarray(y_test)).mean())
 
 
-DECODER_BANDS = {"theta": (4.0, 8.0), "mu": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 40.0)}
-
-
 def log_band_power_features(X: np.ndarray, sfreq: float) -> np.ndarray:
     """(n, n_chans, n_times) -> (n, 4 * n_chans): log Welch power per channel in theta, mu, beta, gamma
     (one Welch pass; each band's bins as band_power takes them)."""
-    lo, hi = min(b[0] for b in DECODER_BANDS.values()), max(b[1] for b in DECODER_BANDS.values())
+    lo, hi = min(b[0] for b in BANDS.values()), max(b[1] for b in BANDS.values())
     P, f = psd(X, sfreq, lo, hi)
-    bands = [P[..., (f >= a) & (f <= b)].mean(-1) for a, b in DECODER_BANDS.values()]
+    bands = [P[..., (f >= a) & (f <= b)].mean(-1) for a, b in BANDS.values()]
     return np.log(np.maximum(np.concatenate(bands, 1), 1e-300))
 
 
