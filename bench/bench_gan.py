@@ -74,7 +74,11 @@ copies circularly shifted by up to 0.25 s or 1 s (how time-locked the real CNN's
 short-time phase-randomised copies (0.25, 0.5, 1 s frames: each frame's cross-spectrum kept, the power
 time course with it, the waveform within a frame not). Both CNNs are also scored on phase-randomised
 copies of what they are tested on: a class signal that survives it is stationary (each trial's
-cross-spectrum), one that does not is in the time structure. Then the same questions for two classic
+cross-spectrum), one that does not is in the time structure; and on copies whose class-mean power
+spectrum per channel is made the class average (`*_class_spectra_equalised`: does the CNN read per-channel
+band power at all?). The real-trained CNN is also scored on run 12 with one second at a time
+phase-randomised (`test_phase_randomised_A-Bs`: the rest of the trial, and the coarse power time course,
+kept). Then the same questions for two classic
 decoder families (`decoder_families`): band-power LDA and Riemannian tangent space, trained on the real
 pool or on generated trials (as many per class as the pool holds).
 Each number is a mean over --repeats classifier seeds (and generated sets).
@@ -607,9 +611,11 @@ def cnn_transfer(args) -> dict:
             fc = ev.fit(Xg, yg, i)
             rows.append((fc.accuracy(Xh, yh), fc.accuracy(r.X_pool, r.y_pool), roc_auc_score(r.y_pool, margin(fc, r.X_pool)),
                          fc.accuracy(r.X_test, r.y_test), roc_auc_score(r.y_test, margin(fc, r.X_test))))
-            rows[-1] += (fc.accuracy(M.phase_randomize(Xh, 9000 + i), yh),)
+            rows[-1] += (fc.accuracy(M.phase_randomize(Xh, 9000 + i), yh),
+                         fc.accuracy(equalise_class_spectra(Xh, yh, r.sfreq), yh))
         for k, v in zip(("acc_generated_heldout", "acc_real_pool", "auc_real_pool", "acc_test", "auc_test",
-                         "acc_generated_heldout_phase_randomised"), np.mean(rows, 0)):
+                         "acc_generated_heldout_phase_randomised", "acc_generated_heldout_class_spectra_equalised"),
+                        np.mean(rows, 0)):
             out[f"generated_trained_{n}_per_class_{k}"] = float(v)
     out.update(decoder_families(r, b, n_real, seeds))
     rng = np.random.default_rng(0)
@@ -622,18 +628,24 @@ def cnn_transfer(args) -> dict:
                   "shifted_0.25s": lambda X, i: shifted(X, q), "shifted_1s": lambda X, i: shifted(X, 4 * q),
                   **{f"stft_phase_randomised_{w}s": (lambda X, i, w=w: stft_phase_randomize(X, i, r.sfreq, w))
                      for w in (0.25, 0.5, 1.0)}}
+    sec = int(round(r.sfreq))
+    segments = [(a, a + 1) for a in range(r.X_test.shape[-1] // sec)]
     for name, make in surrogates.items():
-        accs, on_gen, on_phase = [], [], []
+        accs, probes = [], {}
         for i in seeds:
             fc = ev.fit(make(r.X_pool, i), r.y_pool, i)
             accs.append(fc.accuracy(r.X_test, r.y_test))
-            if name == "real":
-                on_gen.append(fc.accuracy(*b.sample(args.per_class, 7000 + i)))
-                on_phase.append(fc.accuracy(M.phase_randomize(r.X_test, 9000 + i), r.y_test))
+            if name != "real":
+                continue
+            tests = {"generated": b.sample(args.per_class, 7000 + i),
+                     "test_phase_randomised": (M.phase_randomize(r.X_test, 9000 + i), r.y_test),
+                     "test_class_spectra_equalised": (equalise_class_spectra(r.X_test, r.y_test, r.sfreq), r.y_test),
+                     **{f"test_phase_randomised_{a}-{e}s": (phase_randomize_segment(r.X_test, a * sec, e * sec, 9000 + i),
+                                                            r.y_test) for a, e in segments}}
+            for k, (X, y) in tests.items():
+                probes.setdefault(k, []).append(fc.accuracy(X, y))
         out[f"{name}_trained_acc_test"] = float(np.mean(accs))
-        if on_gen:
-            out["real_trained_acc_generated"] = float(np.mean(on_gen))
-            out["real_trained_acc_test_phase_randomised"] = float(np.mean(on_phase))
+        out.update({f"real_trained_acc_{k}": float(np.mean(v)) for k, v in probes.items()})
     return out
 
 
@@ -681,6 +693,32 @@ def stft_phase_randomize(X: np.ndarray, seed: int, sfreq: float, window_s: float
     Y = Y[..., : X.shape[-1]]
     Y *= np.sqrt((X.astype(np.float64) ** 2).mean(-1, keepdims=True) / ((Y ** 2).mean(-1, keepdims=True) + 1e-30))
     return Y.astype(X.dtype)
+
+
+def equalise_class_spectra(X: np.ndarray, y: np.ndarray, sfreq: float, smooth_hz: float = 2.0) -> np.ndarray:
+    """Copies whose class-mean power spectrum per channel is the class average: each class's rfft bins
+    are scaled by sqrt(pooled / class-mean power), smoothed over `smooth_hz`, as gan.calibrate does.
+    Per-channel band power no longer tells the classes apart (up to the smoothing); what a decoder still
+    reads is elsewhere (channel correlations, time structure, trial-to-trial shape). Uses the labels:
+    a probe of what a classifier reads, not a surrogate to train on."""
+    from scipy.ndimage import uniform_filter1d
+
+    S = np.fft.rfft(X.astype(np.float64), axis=-1)
+    P = np.abs(S) ** 2
+    k = max(1, int(round(smooth_hz * X.shape[-1] / sfreq))) | 1
+    Pc = uniform_filter1d(np.stack([P[y == c].mean(0) for c in (0, 1)]), k, axis=-1, mode="nearest")
+    gain = np.sqrt(Pc.mean(0) / np.maximum(Pc, 1e-300))
+    return np.fft.irfft(S * gain[y], n=X.shape[-1], axis=-1).astype(X.dtype)
+
+
+def phase_randomize_segment(X: np.ndarray, start: int, stop: int, seed: int) -> np.ndarray:
+    """Copies with samples [start, stop) phase-randomised (utils.metrics.phase_randomize) and the rest kept:
+    the segment's cross-spectrum stays, so the trial's coarse power time course does too."""
+    from utils import metrics as M
+
+    Y = X.copy()
+    Y[..., start:stop] = M.phase_randomize(X[..., start:stop], seed)
+    return Y
 
 
 def trial_covariances(X: np.ndarray) -> np.ndarray:
