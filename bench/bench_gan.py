@@ -6,6 +6,7 @@
     python bench/bench_gan.py quality RUN_DIR [--repeats 4] [--per-class 150] [--band-per-class 1000]
     python bench/bench_gan.py diagnose RUN_DIR [--per-class 300]
     python bench/bench_gan.py cnn RUN_DIR [--per-class 1000] [--repeats 3]
+    python bench/bench_gan.py transforms RUN_DIR [--repeats 3]
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
 plus the generator update every gan.critic_steps batches) on random trials of the default data
@@ -83,8 +84,16 @@ decoder families (`decoder_families`): band-power LDA and Riemannian tangent spa
 pool or on generated trials (as many per class as the pool holds).
 Each number is a mean over --repeats classifier seeds (and generated sets).
 
+transforms: would generated trials decode run 12 better with a statistic of the real pool imposed on them
+after the fact? Each of --repeats generated sets (as many trials per class as the pool holds) trains the CNN,
+CSP+LDA, band-power LDA and tangent space as drawn (`raw`), after `CrossSpectralColouring` (the class-mean
+cross-spectral matrices made the real pool's, bin by bin: the spatial analogue of gan.calibrate=class) and after
+`SubjectEnvelope` (each subject's real class-averaged time course of theta, mu and beta power imposed). Also
+reports, per subject, how far the real mu time course swings and how the generated one correlates with it.
+An edit that raises train-on-synthetic names an objective worth adding to the generator.
+
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
-curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json or gan_cnn.json.
+curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json, gan_cnn.json or gan_transforms.json.
 """
 from __future__ import annotations
 
@@ -678,6 +687,135 @@ def decoder_families(r, b, per_class: int, seeds) -> dict:
     return out
 
 
+def transforms(args) -> dict:
+    """Offline edits of generated trials, scored as train-on-synthetic (see the module docstring)."""
+    from bench_classifier import riemann_pipeline
+    from trainers.evaluate import Evaluator
+    from trainers.generate import gan_folder, load_generator
+    from utils import metrics as M
+
+    folder = gan_folder(args.run)
+    b = load_generator(folder)
+    ev = Evaluator(b.cfg, "cpu", progress=False)
+    r = ev.real
+
+    def draw(n, seed):  # scalp trials with their subjects
+        X, y, s = b.sample_native_subjects(n, seed)
+        return (X if b.projection is None else b.projection.to_sensors(X)), y, s
+
+    Xc, yc, _ = draw(500, 4242)
+    colour = CrossSpectralColouring(r.X_pool, r.y_pool, Xc, yc, r.sfreq)
+    envelope = SubjectEnvelope(r.X_pool, r.subject_pool, r.sfreq)
+    edits = {"raw": lambda X, y, s: X, "cross_spectra_coloured": lambda X, y, s: colour(X, y),
+             "subject_envelope_imposed": lambda X, y, s: envelope(X, s)}
+    n_real = int(np.bincount(r.y_pool).max())
+    test64, feats = r.X_test.astype(np.float64), (lambda X: M.log_band_power_features(X, r.sfreq))
+    out = {"run": str(folder), "generated_per_class": n_real,
+           "real_trained_cnn_acc_test": float(np.mean([ev.fit(r.X_pool, r.y_pool, i).accuracy(r.X_test, r.y_test)
+                                                       for i in range(args.repeats or 3)])),
+           "real_trained_csp_lda_acc_test": M.csp_lda_accuracy(r.X_pool, r.y_pool, r.X_test, r.y_test)}
+    rows: dict[str, list] = {}
+    for i in range(args.repeats or 3):
+        (Xg, yg, sg), (Xh, yh, sh) = draw(n_real, 1000 + i), draw(200, 5000 + i)
+        for name, edit in edits.items():
+            A, H = edit(Xg, yg, sg), edit(Xh, yh, sh)
+            fc = ev.fit(A, yg, i)
+            with M.blas_single_thread():
+                band = M.shrinkage_lda().fit(feats(A), yg).score(feats(r.X_test), r.y_test)
+                ts = riemann_pipeline().fit(A.astype(np.float64), yg).score(test64, r.y_test)
+            rows.setdefault(name, []).append((fc.accuracy(r.X_test, r.y_test), fc.accuracy(H, yh),
+                                              M.csp_lda_accuracy(A, yg, r.X_test, r.y_test), band, ts))
+    for name, v in rows.items():
+        for k, x in zip(("cnn_acc_test", "cnn_acc_generated_heldout", "csp_lda_acc_test", "band_power_lda_acc_test",
+                         "tangent_space_lr_acc_test"), np.mean(v, 0)):
+            out[f"{name}_{k}"] = float(x)
+    out.update(envelope.report(*draw(300, 6000)[::2]))
+    return out
+
+
+class CrossSpectralColouring:
+    """Per class and rfft bin (4-40 Hz), the matrix M = S_real^1/2 S_gen^-1/2 (Hermitian roots of the class-mean
+    cross-spectral matrices, `smooth_hz`-averaged) that makes the generated class-mean cross-spectra the real
+    pool's: gan.calibrate=class extended from each channel's power to the channels' coherences. Fitted once
+    on one generated set, applied to others."""
+
+    def __init__(self, X_real, y_real, X_gen, y_gen, sfreq: float, smooth_hz: float = 2.0):
+        from scipy.ndimage import uniform_filter1d
+
+        self.n_times = X_real.shape[-1]
+        k = max(1, int(round(smooth_hz * self.n_times / sfreq))) | 1
+        freqs = np.fft.rfftfreq(self.n_times, 1 / sfreq)
+        band = (freqs >= 4) & (freqs < 40)
+
+        def csd(X, y):  # (2, F, C, C)
+            S = np.fft.rfft(X.astype(np.float64), axis=-1)[..., band]
+            R = np.stack([np.einsum("ncf,ndf->fcd", S[y == c], S[y == c].conj()) / (y == c).sum() for c in (0, 1)])
+            return uniform_filter1d(R.real, k, axis=1, mode="nearest") \
+                + 1j * uniform_filter1d(R.imag, k, axis=1, mode="nearest")
+
+        def power(A, p):
+            w, V = np.linalg.eigh(A)
+            w = np.maximum(w, w.max(-1, keepdims=True) * 1e-6)
+            return (V * w[..., None, :] ** p) @ V.conj().swapaxes(-1, -2)
+
+        C = X_real.shape[1]
+        self.M = np.tile(np.eye(C, dtype=complex), (2, len(freqs), 1, 1))
+        self.M[:, band] = power(csd(X_real, y_real), 0.5) @ power(csd(X_gen, y_gen), -0.5)
+
+    def __call__(self, X, y):
+        S = np.einsum("nfcd,ndf->ncf", self.M[y], np.fft.rfft(X.astype(np.float64), axis=-1))
+        return np.fft.irfft(S, n=self.n_times, axis=-1).astype(X.dtype)
+
+
+class SubjectEnvelope:
+    """Each subject's class-averaged time course of theta, mu and beta power per channel (log power in 0.5 s
+    windows minus its mean over the trial), from the real pool; `__call__` rescales each band of generated
+    trials, per subject, so their time course becomes the real one (gains interpolated between window centres)."""
+
+    BANDS = ((4, 8), (8, 13), (13, 30))
+
+    def __init__(self, X_real, subject, sfreq: float, window_s: float = 0.5):
+        self.sfreq, self.win = sfreq, int(round(window_s * sfreq))
+        self.real = {u: self.shapes(X_real[subject == u]) for u in np.unique(subject)}
+
+    def bands(self, X):
+        from scipy.signal import butter, sosfiltfilt
+
+        return [sosfiltfilt(butter(4, bd, btype="band", fs=self.sfreq, output="sos"), X.astype(np.float64), axis=-1)
+                for bd in self.BANDS]
+
+    def shapes(self, X=None, xb=None):  # (bands, C, windows): mean over trials of log power, minus its mean
+        xb = self.bands(X) if xb is None else xb
+        n = xb[0].shape[-1] // self.win
+        logp = np.stack([np.log((x[..., :n * self.win] ** 2).reshape(*x.shape[:-1], n, self.win).mean(-1)).mean(0)
+                         for x in xb])
+        return logp - logp.mean(-1, keepdims=True)
+
+    def __call__(self, X, subject):
+        xb = self.bands(X)
+        out = X.astype(np.float64).copy()
+        n = X.shape[-1] // self.win
+        centres = (np.arange(n) + 0.5) * self.win
+        for u in np.unique(subject):
+            sel = subject == u
+            gain = np.exp((self.real[u] - self.shapes(xb=[x[sel] for x in xb])) / 2)
+            for k, x in enumerate(xb):
+                g = np.stack([np.interp(np.arange(X.shape[-1]), centres, gc) for gc in gain[k]])
+                out[sel] += (g - 1) * x[sel]
+        return out.astype(X.dtype)
+
+    def report(self, X_gen, subject_gen) -> dict:
+        """Per subject: how far the real mu time course swings (mean |shape| over channels and windows) and
+        its correlation with the generated one."""
+        out = {}
+        for u, real in self.real.items():
+            gen = self.shapes(X_gen[subject_gen == u])[1]
+            out[f"subject_{u}_mu_time_course_abs_real"] = float(np.abs(real[1]).mean())
+            out[f"subject_{u}_mu_time_course_abs_generated"] = float(np.abs(gen).mean())
+            out[f"subject_{u}_mu_time_course_corr_generated_real"] = float(np.corrcoef(gen.ravel(), real[1].ravel())[0, 1])
+        return out
+
+
 def stft_phase_randomize(X: np.ndarray, seed: int, sfreq: float, window_s: float) -> np.ndarray:
     """Short-time phase-randomised copies: random phases per trial, STFT frame and bin (shared by the
     channels), so each trial's cross-spectrum in every window_s frame is kept (its power time course
@@ -733,13 +871,13 @@ def print_table(res: dict, width: int) -> None:
         print(f"{k:{width}s} {v:.4g}" if isinstance(v, float) else f"{k:{width}s} {v}")
 
 
-RUN_MODES = ("quality", "diagnose", "cnn")  # the modes that score one finished GAN run
+RUN_MODES = ("quality", "diagnose", "cnn", "transforms")  # the modes that score one finished GAN run
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("speed", "transfer", "quality", "diagnose", "cnn"))
-    p.add_argument("run", nargs="?", help="quality, diagnose, cnn: GAN run folder")
+    p.add_argument("what", choices=("speed", "transfer") + RUN_MODES)
+    p.add_argument("run", nargs="?", help="quality, diagnose, cnn, transforms: GAN run folder")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--subjects", type=int, default=10,
@@ -792,9 +930,9 @@ def main(argv=None) -> int:
         import mne
 
         mne.set_log_level("ERROR")
-        args.per_class = args.per_class or {"diagnose": 300, "quality": 150, "cnn": 1000}[args.what]
-        res = {"diagnose": diagnose, "quality": quality, "cnn": cnn_transfer}[args.what](args)
-        print_table(res, {"diagnose": 52, "quality": 40, "cnn": 56}[args.what])
+        args.per_class = args.per_class or {"diagnose": 300, "quality": 150, "cnn": 1000, "transforms": 0}[args.what]
+        res = {"diagnose": diagnose, "quality": quality, "cnn": cnn_transfer, "transforms": transforms}[args.what](args)
+        print_table(res, {"diagnose": 52, "quality": 40, "cnn": 56, "transforms": 52}[args.what])
         path = RESULTS / f"gan_{args.what}.json"
     else:
         if not any(s.startswith("data_path=") for s in args.set):

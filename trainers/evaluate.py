@@ -62,7 +62,7 @@ class RealData:
             splits = splits.sensor
         pool, te = splits.pooled().train, splits.test  # the trials a GAN run trains on
         self.info = splits.info
-        self.X_pool, self.y_pool = pool.X, pool.y
+        self.X_pool, self.y_pool, self.subject_pool = pool.X, pool.y, pool.subject
         self.X_test, self.y_test, self.subject_test = te.X, te.y, te.subject
         self.rest = te.rest
         self.sfreq, self.ch_names = float(te.sfreq), list(te.ch_names)
