@@ -208,6 +208,11 @@ SCHEMA: dict[str, Any] = {
                             "the class-averaged statistic (null: all four)", nullable=True,
                             item=_str(None, "", choices=("theta", "mu", "beta", "gamma")),
                             check=lambda v: "names a band twice" if v is not None and len(set(v)) != len(v) else None),
+        "subject_shrinkage": _str("global", "how each subject's own left/right difference in the per-subject "
+                                  "targets is shrunk towards the pooled one (James-Stein): global (one factor per "
+                                  "subject from its log band power) or band (one per band and statistic, log band "
+                                  "power and whitened covariance each against its own sampling noise)",
+                                  choices=("global", "band")),
         "class_covariance": _str("full", "what the generator's class-conditional covariance targets (per class, "
                                  "and per subject and class) keep of the real left/right difference: full (the "
                                  "band covariances as measured) or power (band power only: both classes get the "

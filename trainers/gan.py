@@ -95,7 +95,7 @@ class SpectralTargets(torch.nn.Module):
                  band_classifier: bool = True, ema_decay: float = 0.9, subject: torch.Tensor | None = None,
                  subject_count: int = 0, envelope: bool = True, trial_cov: str | None = None,
                  shrink_contrast: bool = False, class_bands=None, class_covariance: str = "full",
-                 csp_envelope: bool = False):
+                 csp_envelope: bool = False, subject_shrinkage: str = "global"):
         super().__init__()
         n_times = X.shape[-1]
         freqs = torch.fft.rfftfreq(n_times, 1.0 / sfreq)
@@ -211,14 +211,18 @@ class SpectralTargets(torch.nn.Module):
             logbp = torch.zeros((n_cells,) + self.logbp_mean.shape[1:])
             cov = torch.zeros((n_cells,) + self.wcov.shape[1:])
             present = torch.zeros(n_cells, dtype=torch.bool)
-            noise = torch.zeros(n_cells)  # per cell: summed variance of its mean log band power
+            # Per cell and band: the summed variance of its mean log band power and of its mean whitened
+            # covariance (the sampling noise _shrink_subject_contrast weighs each subject's difference against).
+            n_stat = self.logbp_mean.shape[1]
+            noise_logbp, noise_wcov = torch.zeros(n_cells, n_stat), torch.zeros(n_cells, n_stat)
             for k in range(n_cells):
                 count = int((cell == k).sum())
                 if count:
                     f = self.features(X[cell == k])
                     logbp[k], cov[k], present[k] = f["logbp"].mean(0), f["cov"].mean(0), True
                     if count > 1:
-                        noise[k] = (f["logbp"].var(0) / count).sum()
+                        noise_logbp[k] = (f["logbp"].var(0) / count).sum(-1)
+                        noise_wcov[k] = (self._whitened(f["cov"]).var(0) / count).sum((-1, -2))
             for s in range(self.subject_count):
                 if present[2 * s] and present[2 * s + 1]:
                     if self.restricted:
@@ -227,7 +231,7 @@ class SpectralTargets(torch.nn.Module):
                         _pool_correlations(cov[2 * s:2 * s + 2])
             wcov = self._whitened(cov)
             if class_count == 2:
-                self._shrink_subject_contrast(logbp, wcov, present, noise)
+                self._shrink_subject_contrast(logbp, wcov, present, noise_logbp, noise_wcov, subject_shrinkage)
             self.register_buffer("cell_logbp", logbp)
             self.register_buffer("cell_wcov", wcov)
             self.register_buffer("cell_present", present)
@@ -253,7 +257,7 @@ class SpectralTargets(torch.nn.Module):
         half = d_pow / (2 * mid.exp())
         logbp[0, broad], logbp[1, broad] = mid - half, mid + half
 
-    def _shrink_subject_contrast(self, logbp, wcov, present, noise) -> None:
+    def _shrink_subject_contrast(self, logbp, wcov, present, noise_logbp, noise_wcov, mode: str = "global") -> None:
         """Shrink each subject's right-minus-left difference towards the pooled one, James-Stein style.
 
         A subject's cells hold 10-25 trials, and their class difference is mostly sampling noise: on
@@ -261,18 +265,30 @@ class SpectralTargets(torch.nn.Module):
         session 7). Matched as it is, the generator reproduces that noise as class structure, which a
         classifier trained on generated trials learns and the held-out run does not have. The part kept is
         max(0, 1 - noise / |d_subject - d_pooled|^2), noise being the variance of the difference; the
-        subject's class-averaged level is untouched.
+        subject's class-averaged level is untouched. mode "global": one factor per subject, from its log
+        band power, for both statistics (session 7). "band": one per band and statistic, each against its
+        own noise, so a difference confined to one band, or to the channel correlations, is not averaged
+        away by the noise of the rest (S007 pooled with S001-S009: 0.17 kept globally, though its CSP
+        decodes run 12 at 1.00; its beta covariance difference is 5.6 times its noise, README session 19).
+        `subject_contrast_kept` gets each subject's mean factor.
         """
         for s in range(len(logbp) // 2):
             l, r = 2 * s, 2 * s + 1
-            if not (present[l] and present[r]) or noise[l] == 0 or noise[r] == 0:
+            if not (present[l] and present[r]) or (noise_logbp[l] == 0).all() or (noise_logbp[r] == 0).all():
                 continue
-            dev = logbp[r] - logbp[l] - self.d_logbp
-            keep = (1 - (noise[l] + noise[r]) / dev.pow(2).sum().clamp_min(1e-12)).clamp(0, 1)
-            for buf, pooled in ((logbp, self.d_logbp), (wcov, self.d_wcov)):
-                mid, d = (buf[l] + buf[r]) / 2, pooled + keep * (buf[r] - buf[l] - pooled)
+            dev_lb = (logbp[r] - logbp[l] - self.d_logbp).pow(2).sum(-1)             # (n_bands,)
+            if mode == "global":
+                keep = (1 - (noise_logbp[l] + noise_logbp[r]).sum() / dev_lb.sum().clamp_min(1e-12)).clamp(0, 1)
+                keeps = (keep.expand_as(dev_lb), keep.expand_as(dev_lb))
+            else:
+                dev_wc = (wcov[r] - wcov[l] - self.d_wcov).pow(2).sum((-1, -2))
+                keeps = tuple((1 - (n[l] + n[r]) / d.clamp_min(1e-12)).clamp(0, 1)
+                              for n, d in ((noise_logbp, dev_lb), (noise_wcov, dev_wc)))
+            for buf, pooled, keep in ((logbp, self.d_logbp, keeps[0]), (wcov, self.d_wcov, keeps[1])):
+                k = keep.reshape((-1,) + (1,) * (pooled.dim() - 1)).to(buf.dtype)
+                mid, d = (buf[l] + buf[r]) / 2, pooled + k * (buf[r] - buf[l] - pooled)
                 buf[l], buf[r] = mid - d / 2, mid + d / 2
-            self.subject_contrast_kept.append(float(keep))
+            self.subject_contrast_kept.append(float(torch.cat(keeps).mean()))
 
     def _shrink_class_contrast(self, X: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None) -> None:
         """Shrink the right-minus-left difference of each target statistic towards 0, one element at a
@@ -704,7 +720,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                               shrink_contrast=g_cfg["shrink_contrast"],
                               class_bands=g_cfg["class_bands"],
                               class_covariance=g_cfg["class_covariance"],
-                              csp_envelope=g_cfg["csp_envelope_weight"] > 0).to(device)
+                              csp_envelope=g_cfg["csp_envelope_weight"] > 0,
+                              subject_shrinkage=g_cfg["subject_shrinkage"]).to(device)
     G, D = dist.wrap_model(generator.to(device), device), dist.wrap_model(critic.to(device), device)
     opt_g, opt_d = build_optimizers(cfg, G, D)
     base_lr = [(opt, opt.param_groups[0]["lr"]) for opt in (opt_g, opt_d)]  # before a resume loads the last rates

@@ -286,6 +286,27 @@ def test_subject_class_difference_is_kept_where_it_is_real_and_shrunk_where_it_i
     assert d1[:, 2].mean() > 1.2 and d1[:, 0].abs().max() < 0.3         # ln(4) = 1.39, on channel 2 only
 
 
+def test_band_subject_shrinkage_keeps_a_correlation_difference_that_global_shrinkage_drops():
+    """gan.subject_shrinkage: a subject whose classes differ only in how two channels correlate (same power)
+    keeps that difference under "band" (the whitened covariance against its own noise), while "global"
+    weighs it by the log band power, which carries only noise, and gives both subjects the pooled one."""
+    torch.manual_seed(1)
+    y = torch.tensor(([0] * 24 + [1] * 24) * 2)
+    s = torch.tensor([0] * 48 + [1] * 48)
+    X = torch.randn(96, 3, 640)
+    X[72:, 1] = 0.8 * X[72:, 0] + 0.6 * X[72:, 1]      # subject 1, right: channels 0 and 1 correlate, power kept
+
+    def own_difference(mode: str) -> torch.Tensor:  # per subject: right minus left whitened covariance, (0, 1)
+        t = gan.SpectralTargets(X, y, 160.0, subject=s, subject_count=2, band_classifier=False, envelope=False,
+                                subject_shrinkage=mode)
+        d = t.cell_wcov[1::2] - t.cell_wcov[0::2]
+        return d[..., 0, 1].mean(-1), t.d_wcov[..., 0, 1].mean()
+
+    (band, pooled), (glob, _) = own_difference("band"), own_difference("global")
+    assert band[1] > 1.6 * pooled and band[0].abs() < 0.3 * pooled   # each subject keeps its own
+    assert torch.allclose(glob, pooled.expand(2), rtol=0.2)           # both get the pooled difference
+
+
 def test_shrunk_class_contrast_keeps_a_real_difference_and_drops_noise():
     """gan.shrink_contrast: the right-minus-left difference of the targets keeps an effect far above
     its sampling noise and loses most of what is noise; the class-averaged targets do not move."""
