@@ -211,8 +211,8 @@ SCHEMA: dict[str, Any] = {
         "subject_shrinkage": _str("global", "how each subject's own left/right difference in the per-subject "
                                   "targets is shrunk towards the pooled one (James-Stein): global (one factor per "
                                   "subject from its log band power) or band (one per band and statistic, log band "
-                                  "power and whitened covariance each against its own sampling noise)",
-                                  choices=("global", "band")),
+                                  "power and whitened covariance each against its own sampling noise) or none "
+                                  "(each subject keeps its own)", choices=("global", "band", "none")),
         "class_covariance": _str("full", "what the generator's class-conditional covariance targets (per class, "
                                  "and per subject and class) keep of the real left/right difference: full (the "
                                  "band covariances as measured) or power (band power only: both classes get the "

@@ -265,7 +265,8 @@ class SpectralTargets(torch.nn.Module):
         session 7). Matched as it is, the generator reproduces that noise as class structure, which a
         classifier trained on generated trials learns and the held-out run does not have. The part kept is
         max(0, 1 - noise / |d_subject - d_pooled|^2), noise being the variance of the difference; the
-        subject's class-averaged level is untouched. mode "global": one factor per subject, from its log
+        subject's class-averaged level is untouched. mode "none": every subject keeps its own difference
+        (the targets before session 7). "global": one factor per subject, from its log
         band power, for both statistics (session 7). "band": one per band and statistic, each against its
         own noise, so a difference confined to one band, or to the channel correlations, is not averaged
         away by the noise of the rest (S007 pooled with S001-S009: 0.17 kept globally, though its CSP
@@ -277,7 +278,9 @@ class SpectralTargets(torch.nn.Module):
             if not (present[l] and present[r]) or (noise_logbp[l] == 0).all() or (noise_logbp[r] == 0).all():
                 continue
             dev_lb = (logbp[r] - logbp[l] - self.d_logbp).pow(2).sum(-1)             # (n_bands,)
-            if mode == "global":
+            if mode == "none":
+                keeps = (torch.ones_like(dev_lb), torch.ones_like(dev_lb))
+            elif mode == "global":
                 keep = (1 - (noise_logbp[l] + noise_logbp[r]).sum() / dev_lb.sum().clamp_min(1e-12)).clamp(0, 1)
                 keeps = (keep.expand_as(dev_lb), keep.expand_as(dev_lb))
             else:

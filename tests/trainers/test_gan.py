@@ -289,7 +289,8 @@ def test_subject_class_difference_is_kept_where_it_is_real_and_shrunk_where_it_i
 def test_band_subject_shrinkage_keeps_a_correlation_difference_that_global_shrinkage_drops():
     """gan.subject_shrinkage: a subject whose classes differ only in how two channels correlate (same power)
     keeps that difference under "band" (the whitened covariance against its own noise), while "global"
-    weighs it by the log band power, which carries only noise, and gives both subjects the pooled one."""
+    weighs it by the log band power, which carries only noise, and gives both subjects the pooled one;
+    "none" leaves every cell as measured."""
     torch.manual_seed(1)
     y = torch.tensor(([0] * 24 + [1] * 24) * 2)
     s = torch.tensor([0] * 48 + [1] * 48)
@@ -302,9 +303,10 @@ def test_band_subject_shrinkage_keeps_a_correlation_difference_that_global_shrin
         d = t.cell_wcov[1::2] - t.cell_wcov[0::2]
         return d[..., 0, 1].mean(-1), t.d_wcov[..., 0, 1].mean()
 
-    (band, pooled), (glob, _) = own_difference("band"), own_difference("global")
+    (band, pooled), (glob, _), (none, _) = own_difference("band"), own_difference("global"), own_difference("none")
     assert band[1] > 1.6 * pooled and band[0].abs() < 0.3 * pooled   # each subject keeps its own
     assert torch.allclose(glob, pooled.expand(2), rtol=0.2)           # both get the pooled difference
+    assert none[1] >= band[1] and torch.allclose(none.mean(), pooled, rtol=1e-4)  # unshrunk: the raw cells
 
 
 def test_shrunk_class_contrast_keeps_a_real_difference_and_drops_noise():
