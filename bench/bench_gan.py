@@ -698,18 +698,15 @@ def transforms(args) -> dict:
     b = load_generator(folder)
     ev = Evaluator(b.cfg, "cpu", progress=False)
     r = ev.real
-
-    def draw(n, seed):  # scalp trials with their subjects
-        X, y, s = b.sample_native_subjects(n, seed)
-        return (X if b.projection is None else b.projection.to_sensors(X)), y, s
-
+    draw = b.sample_subjects  # scalp trials with their subjects
     Xc, yc, _ = draw(500, 4242)
     colour = CrossSpectralColouring(r.X_pool, r.y_pool, Xc, yc, r.sfreq)
     envelope = SubjectEnvelope(r.X_pool, r.subject_pool, r.sfreq)
     edits = {"raw": lambda X, y, s: X, "cross_spectra_coloured": lambda X, y, s: colour(X, y),
              "subject_envelope_imposed": lambda X, y, s: envelope(X, s)}
     n_real = int(np.bincount(r.y_pool).max())
-    test64, feats = r.X_test.astype(np.float64), (lambda X: M.log_band_power_features(X, r.sfreq))
+    feats = lambda X: M.log_band_power_features(X, r.sfreq)  # noqa: E731
+    test64, test_feats = r.X_test.astype(np.float64), feats(r.X_test)
     out = {"run": str(folder), "generated_per_class": n_real,
            "real_trained_cnn_acc_test": float(np.mean([ev.fit(r.X_pool, r.y_pool, i).accuracy(r.X_test, r.y_test)
                                                        for i in range(args.repeats or 3)])),
@@ -721,7 +718,7 @@ def transforms(args) -> dict:
             A, H = edit(Xg, yg, sg), edit(Xh, yh, sh)
             fc = ev.fit(A, yg, i)
             with M.blas_single_thread():
-                band = M.shrinkage_lda().fit(feats(A), yg).score(feats(r.X_test), r.y_test)
+                band = M.shrinkage_lda().fit(feats(A), yg).score(test_feats, r.y_test)
                 ts = riemann_pipeline().fit(A.astype(np.float64), yg).score(test64, r.y_test)
             rows.setdefault(name, []).append((fc.accuracy(r.X_test, r.y_test), fc.accuracy(H, yh),
                                               M.csp_lda_accuracy(A, yg, r.X_test, r.y_test), band, ts))

@@ -101,10 +101,15 @@ class GeneratorBundle:
 
     def sample(self, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(X float32 (2 * n_per_class, n_chans, n_times) in volts, y int64): left trials, then right."""
-        X, y = self.sample_native(n_per_class, seed)
+        X, y, _ = self.sample_subjects(n_per_class, seed)
+        return X, y
+
+    def sample_subjects(self, n_per_class: int, seed: int):
+        """`sample` plus the subject number of every trial (None unless subject-conditioned)."""
+        X, y, s = self.sample_native_subjects(n_per_class, seed)
         if self.projection is not None:  # ROI sources -> scalp EEG through the leadfield
             X = self.projection.to_sensors(X)
-        return X, y
+        return X, y, s
 
     def sample_native(self, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Trials in the generator's own space: sensors (volts), or ROI source values for source runs."""
