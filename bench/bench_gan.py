@@ -89,7 +89,11 @@ after the fact? Each of --repeats generated sets (as many trials per class as th
 CSP+LDA, band-power LDA and tangent space as drawn (`raw`), after `CrossSpectralColouring` (the class-mean
 cross-spectral matrices made the real pool's, bin by bin: the spatial analogue of gan.calibrate=class) and after
 `SubjectEnvelope` (each subject's real class-averaged time course of theta, mu and beta power imposed). Also
-reports, per subject, how far the real mu time course swings and how the generated one correlates with it.
+reports, per subject, how far the real mu time course swings and how the generated one correlates with it,
+how much of its own class difference the per-subject targets keep, the cosine of its whitened class-covariance
+difference between its real training runs, its held-out run and its generated trials, and CSP+LDA on its held-out
+trials trained on its real or its generated trials (300 per class); and the Fréchet distance (the evaluation's,
+candidate against one half of the held-out trials, mean of 4 draws) with and without the subject envelope.
 An edit that raises train-on-synthetic names an objective worth adding to the generator.
 
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
@@ -726,7 +730,53 @@ def transforms(args) -> dict:
         for k, x in zip(("cnn_acc_test", "cnn_acc_generated_heldout", "csp_lda_acc_test", "band_power_lda_acc_test",
                          "tangent_space_lr_acc_test"), np.mean(v, 0)):
             out[f"{name}_{k}"] = float(x)
-    out.update(envelope.report(*draw(300, 6000)[::2]))
+    Xs, ys, ss = draw(300, 6000)
+    out.update(envelope.report(Xs, ss, r.X_test, r.subject_test))
+    out.update(subject_class_structure(b, r, Xs, ys, ss))
+    out.update({f"frechet_{name}": float(np.mean([M.frechet_distance(ev.features(edit(*draw(len(r.y_a) // 2, 8000 + i))),
+                                                                   ev.features(r.X_b)) for i in range(4)]))
+                for name, edit in edits.items() if name != "cross_spectra_coloured"})
+    return out
+
+
+def subject_class_structure(b, r, Xg, yg, sg) -> dict:
+    """Per subject: the part of its own class difference the per-subject targets keep (gan.subject_shrinkage,
+    as the run was configured), the cosine of its whitened class-covariance difference (all bands; the
+    generator's whitening) between the real pool, the held-out run and the generated trials (Xg), and
+    CSP+LDA trained on its real or generated trials, tested on its held-out trials."""
+    from trainers.gan import SpectralTargets
+    from utils import metrics as M
+
+    std, cfg = b.standardizer, b.cfg
+
+    def units(X):
+        return torch.from_numpy(std.transform(X))
+
+    s_pool = b.generator.subject_index(r.subject_pool)
+    t = SpectralTargets(units(r.X_pool), torch.from_numpy(r.y_pool), r.sfreq, band_classifier=False, envelope=False,
+                        subject=s_pool, subject_count=b.generator.config.subject_count,
+                        subject_shrinkage=cfg["gan"].get("subject_shrinkage", "global"))  # runs before the key: global
+
+    def d_wcov(X, y):
+        w = t._whitened(t.features(units(X))["cov"]).double()
+        return (w[y == 1].mean(0) - w[y == 0].mean(0)).flatten()
+
+    def cos(p, q):
+        return float(p @ q / (p.norm() * q.norm()))
+
+    out = {}
+    for k, u in enumerate(b.generator.config.subjects):
+        p, te, g = r.subject_pool == u, r.subject_test == u, sg == u
+        dp, dt, dg = d_wcov(r.X_pool[p], r.y_pool[p]), d_wcov(r.X_test[te], r.y_test[te]), d_wcov(Xg[g], yg[g])
+        kept = t.subject_contrast_kept  # one per subject with both classes in the pool
+        out.update({f"subject_{u}_contrast_kept": kept[k] if len(kept) == len(b.generator.config.subjects) else None,
+                    f"subject_{u}_class_cov_cos_pool_test": cos(dp, dt),
+                    f"subject_{u}_class_cov_cos_generated_pool": cos(dg, dp),
+                    f"subject_{u}_class_cov_cos_generated_test": cos(dg, dt),
+                    f"subject_{u}_csp_lda_real_trained": M.csp_lda_accuracy(r.X_pool[p], r.y_pool[p], r.X_test[te],
+                                                                            r.y_test[te]),
+                    f"subject_{u}_csp_lda_generated_trained": M.csp_lda_accuracy(Xg[g], yg[g], r.X_test[te],
+                                                                                 r.y_test[te])})
     return out
 
 
@@ -801,12 +851,14 @@ class SubjectEnvelope:
                 out[sel] += (g - 1) * x[sel]
         return out.astype(X.dtype)
 
-    def report(self, X_gen, subject_gen) -> dict:
-        """Per subject: how far the real mu time course swings (mean |shape| over channels and windows) and
-        its correlation with the generated one."""
+    def report(self, X_gen, subject_gen, X_test, subject_test) -> dict:
+        """Per subject: how far the real mu time course swings (mean |shape| over channels and windows), its
+        correlation with the generated one, and (averaged over channels) with the held-out run's."""
         out = {}
         for u, real in self.real.items():
             gen = self.shapes(X_gen[subject_gen == u])[1]
+            test = self.shapes(X_test[subject_test == u])[1]
+            out[f"subject_{u}_mu_time_course_corr_pool_test"] = float(np.corrcoef(real[1].mean(0), test.mean(0))[0, 1])
             out[f"subject_{u}_mu_time_course_abs_real"] = float(np.abs(real[1]).mean())
             out[f"subject_{u}_mu_time_course_abs_generated"] = float(np.abs(gen).mean())
             out[f"subject_{u}_mu_time_course_corr_generated_real"] = float(np.corrcoef(gen.ravel(), real[1].ravel())[0, 1])

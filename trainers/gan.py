@@ -269,8 +269,8 @@ class SpectralTargets(torch.nn.Module):
         (the targets before session 7). "global": one factor per subject, from its log
         band power, for both statistics (session 7). "band": one per band and statistic, each against its
         own noise, so a difference confined to one band, or to the channel correlations, is not averaged
-        away by the noise of the rest (S007 pooled with S001-S009: 0.17 kept globally, though its CSP
-        decodes run 12 at 1.00; its beta covariance difference is 5.6 times its noise, README session 19).
+        away by the noise of the rest (S007 pooled with S001-S009: 0.17 kept globally, though CSP+LDA on
+        its own trials decodes its run 12 at 1.00; README session 19, `bench_gan.py transforms`).
         `subject_contrast_kept` gets each subject's mean factor.
         """
         for s in range(len(logbp) // 2):
