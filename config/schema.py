@@ -213,6 +213,10 @@ SCHEMA: dict[str, Any] = {
                                   "subject from its log band power) or band (one per band and statistic, log band "
                                   "power and whitened covariance each against its own sampling noise) or none "
                                   "(each subject keeps its own)", choices=("global", "band", "none")),
+        "subject_contrast_weight": _float(0.0, "matching of each subject's own right-minus-left difference of log "
+                                          "band power and whitened band covariance (its per-subject targets, after "
+                                          "gan.subject_shrinkage), self-normalised per subject like the contrast "
+                                          "term (0: off)", lo=0),
         "class_covariance": _str("full", "what the generator's class-conditional covariance targets (per class, "
                                  "and per subject and class) keep of the real left/right difference: full (the "
                                  "band covariances as measured) or power (band power only: both classes get the "

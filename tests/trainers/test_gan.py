@@ -309,6 +309,25 @@ def test_band_subject_shrinkage_keeps_a_correlation_difference_that_global_shrin
     assert none[1] >= band[1] and torch.allclose(none.mean(), pooled, rtol=1e-4)  # unshrunk: the raw cells
 
 
+def test_subject_contrast_is_zero_for_the_real_cells_and_one_for_a_subject_whose_classes_agree():
+    """gan.subject_contrast_weight: each subject's own right-minus-left difference, self-normalised per
+    subject. The real trials themselves score 0; a subject whose generated classes are the same trials
+    scores 1, and the term averages over subjects."""
+    torch.manual_seed(2)
+    y = torch.tensor(([0] * 24 + [1] * 24) * 2)
+    s = torch.tensor([0] * 48 + [1] * 48)
+    X = torch.randn(96, 3, 640)
+    X[24:48, 0] *= 2.0                                 # subject 0: right louder on channel 0
+    X[72:, 2] *= 2.0                                   # subject 1: right louder on channel 2
+    t = gan.SpectralTargets(X, y, 160.0, subject=s, subject_count=2, band_classifier=False, envelope=False,
+                            subject_shrinkage="none").eval()   # eval: batch statistics, no moving average
+    assert t.losses(X, y, s)["subject_contrast"].item() < 1e-6
+    same = X.clone()
+    same[72:] = X[48:72]                               # subject 1's right trials are its left ones
+    assert abs(t.losses(same, y, s)["subject_contrast"].item() - 0.5) < 1e-4
+    assert abs(t.losses(same[48:], y[48:], s[48:])["subject_contrast"].item() - 1.0) < 1e-4
+
+
 def test_shrunk_class_contrast_keeps_a_real_difference_and_drops_noise():
     """gan.shrink_contrast: the right-minus-left difference of the targets keeps an effect far above
     its sampling noise and loses most of what is noise; the class-averaged targets do not move."""
