@@ -703,11 +703,13 @@ def transforms(args) -> dict:
     ev = Evaluator(b.cfg, "cpu", progress=False)
     r = ev.real
     draw = b.sample_subjects  # scalp trials with their subjects
-    Xc, yc, _ = draw(500, 4242)
+    Xc, yc, sc = draw(500, 4242)
     colour = CrossSpectralColouring(r.X_pool, r.y_pool, Xc, yc, r.sfreq)
     envelope = SubjectEnvelope(r.X_pool, r.subject_pool, r.sfreq)
+    align = SubjectCovarianceAlignment(r.X_pool, r.subject_pool, Xc, sc)
     edits = {"raw": lambda X, y, s: X, "cross_spectra_coloured": lambda X, y, s: colour(X, y),
-             "subject_envelope_imposed": lambda X, y, s: envelope(X, s)}
+             "subject_envelope_imposed": lambda X, y, s: envelope(X, s),
+             "subject_covariance_aligned": lambda X, y, s: align(X, s)}
     n_real = int(np.bincount(r.y_pool).max())
     feats = lambda X: M.log_band_power_features(X, r.sfreq)  # noqa: E731
     test64, test_feats = r.X_test.astype(np.float64), feats(r.X_test)
@@ -733,6 +735,10 @@ def transforms(args) -> dict:
     Xs, ys, ss = draw(300, 6000)
     out.update(envelope.report(Xs, ss, r.X_test, r.subject_test))
     out.update(subject_class_structure(b, r, Xs, ys, ss))
+    Xa = align(Xs, ss)
+    for u in b.generator.config.subjects:
+        g, te = ss == u, r.subject_test == u
+        out[f"subject_{u}_csp_lda_generated_aligned_trained"] = M.csp_lda_accuracy(Xa[g], ys[g], r.X_test[te], r.y_test[te])
     out.update({f"frechet_{name}": float(np.mean([M.frechet_distance(ev.features(edit(*draw(len(r.y_a) // 2, 8000 + i))),
                                                                    ev.features(r.X_b)) for i in range(4)]))
                 for name, edit in edits.items() if name != "cross_spectra_coloured"})
@@ -812,6 +818,35 @@ class CrossSpectralColouring:
     def __call__(self, X, y):
         S = np.einsum("nfcd,ndf->ncf", self.M[y], np.fft.rfft(X.astype(np.float64), axis=-1))
         return np.fft.irfft(S, n=self.n_times, axis=-1).astype(X.dtype)
+
+
+class SubjectCovarianceAlignment:
+    """Per subject, the map A_u = C_real^1/2 C_gen^-1/2 (symmetric roots of the subject's class-pooled mean
+    trial covariance, real pool and one generated set) that makes its generated mean spatial covariance the
+    real one while keeping the generator's class difference relative to it (Riemannian re-centring onto the
+    real subject mean). Fitted once, applied to other generated sets."""
+
+    def __init__(self, X_real, s_real, X_gen, s_gen):
+        def root(C, p):
+            w, V = np.linalg.eigh(C)
+            return (V * w ** p) @ V.T
+
+        from utils import metrics as M
+
+        with M.blas_single_thread():
+            self.maps = {u: root(self.mean_cov(X_real[s_real == u]), 0.5) @ root(self.mean_cov(X_gen[s_gen == u]), -0.5)
+                         for u in np.unique(s_real)}
+
+    @staticmethod
+    def mean_cov(X):
+        X = X.astype(np.float64)
+        return np.einsum("nct,ndt->cd", X, X) / (X.shape[0] * X.shape[-1])
+
+    def __call__(self, X, subject):
+        out = X.astype(np.float64).copy()
+        for u in np.unique(subject):
+            out[subject == u] = np.einsum("cd,ndt->nct", self.maps[u], out[subject == u])
+        return out.astype(X.dtype)
 
 
 class SubjectEnvelope:
