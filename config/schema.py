@@ -261,6 +261,10 @@ SCHEMA: dict[str, Any] = {
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, band (pooled, plus one factor per class, channel and theta/mu/beta/gamma band), "
                           "or none", choices=("class", "pooled", "band", "none")),
+        "calibrate_subject": _str("none", "after training and before gan.calibrate, fit a spatial mixing of the "
+                                  "generator's output per subject (one shared without subject conditioning) so each "
+                                  "subject's generated mean spatial covariance equals its real one: covariance, or none",
+                                  choices=("covariance", "none")),
     },
     "finetune": {
         "adv_weight": _float(0.02, "weight of the adversarial loss while fine-tuning (replaces gan.adv_weight)", lo=0),

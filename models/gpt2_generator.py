@@ -9,8 +9,9 @@ to a (n_chans x patch_size) block, and a short depthwise temporal convolution sm
 between neighbouring patches, and the result is band-limited with the magnitude response of the
 FIR filter the real data went through (data.l_freq-data.h_freq), because power outside that band
 is invisible to a band-power objective yet dominates covariance-based decoders such as CSP. A
-last per-class, per-channel magnitude response (`calibration`, fitted after training) corrects
-the remaining bias of the class-mean spectra. Output is in the standardized units of the training
+per-subject spatial mixing (`subject_mixing`, fitted after training) re-centres each subject's mean
+spatial covariance on its real one, and a last per-class, per-channel magnitude response
+(`calibration`, fitted after that) corrects the remaining bias of the class-mean spectra. Output is in the standardized units of the training
 data (data.dataset.Standardizer); the trainer maps it back to volts.
 
 Why time patches and not channels-as-tokens (the original): with 21 channels the sequence would
@@ -243,16 +244,25 @@ class GPT2Generator(nn.Module):
         """Condition on these subject numbers with a fresh subject embedding (None: class only).
         The embedding is added to the class embedding: pooled over subjects, the left/right difference
         is a mixture of each subject's own; conditioned, the generator can model each one."""
-        for name in ("subject_embedding", "subject_weights"):
+        for name in ("subject_embedding", "subject_weights", "subject_mixing"):
             if hasattr(self, name):
                 delattr(self, name)
         self.config.subjects = None if subjects is None else [int(s) for s in subjects]
         n = self.config.subject_count
+        device = self.class_embedding.weight.device
         if n:
-            device = self.class_embedding.weight.device
             self.subject_embedding = nn.Embedding(n, self.config.condition_size, device=device)
             # How often each subject is drawn when sampling (its share of the training trials).
             self.register_buffer("subject_weights", torch.full((n,), 1.0 / n, device=device))
+        # Per-subject spatial mixing of the output (one shared matrix without subjects): identity until the
+        # trainer's subject covariance calibration (trainers.gan.calibrate_subject_covariance, gan.calibrate_subject)
+        # fits it after training, so each subject's generated mean spatial covariance equals its real one.
+        self.register_buffer("subject_mixing", torch.eye(self.config.n_chans, device=device).repeat(max(n, 1), 1, 1))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Runs saved before subject_mixing existed (session 22) load with the identity: their output is unchanged.
+        state_dict.setdefault(prefix + "subject_mixing", self.subject_mixing.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_class_effect(self, mode: str) -> None:
         """Make the class act through `mode` (GPT2GeneratorConfig.class_effect). "spectral" adds a
@@ -358,4 +368,6 @@ class GPT2Generator(nn.Module):
             proj = torch.einsum("nkc,bcf,nf->bnkf", u, spec, self.class_basis.to(spec.dtype))
             scale = torch.expm1(self.class_gain[y]).to(spec.dtype)                        # (B, nb, k)
             spec = spec + torch.einsum("nkc,bnkf->bcf", u, proj * scale[..., None])
+        mixing = self.subject_mixing[subject] if c.subject_count else self.subject_mixing.expand(y.shape[0], -1, -1)
+        spec = torch.einsum("bcd,bdf->bcf", mixing.to(spec.dtype), spec)
         return torch.fft.irfft(spec * (self.band_response * self.calibration[y]), n=c.n_times, dim=-1)

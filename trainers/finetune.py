@@ -75,7 +75,7 @@ def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_s
     "critic": a fresh critic of the same architecture. The pretrained one has learned to tell the
     source's real trials from generated ones; on another subject its first, large gradients pull the
     generator back towards the source. "output": the generator's data-dependent output stages
-    (spatial mixing, per-trial gain, spectral calibration) re-initialised from the target trials, as
+    (spatial mixing, per-trial gain, subject covariance and spectral calibration) re-initialised from the target trials, as
     a fresh generator's are. "class": a fresh class embedding; the pretrained one encodes the source
     subjects' left/right difference, which is not the target's, and the target's has to be learned
     from its own trials either way. GPT-2 and the head (the temporal model) are always kept.
@@ -85,6 +85,7 @@ def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_s
         if "output" in parts:
             generator.init_from_data(torch.as_tensor(X_target_std), gain_spread)
             generator.calibration.fill_(1.0)
+            generator.subject_mixing.copy_(torch.eye(generator.config.n_chans).expand_as(generator.subject_mixing))
         if "class" in parts:
             generator.class_embedding.reset_parameters()
             if hasattr(generator, "class_gain"):

@@ -856,6 +856,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
         dist.unwrap(G).load_state_dict(ema.module.state_dict())
     # After the last training state is saved, so a resumed run repeats the same calibration. Every
     # rank runs it (same weights, data and seed), so DDP replicas stay identical.
+    summary.update(calibrate_subject_covariance(G, Xtr, train.subject, g_cfg["calibrate_subject"], seed + 3, device))
     summary.update(calibrate_spectrum(G, Xtr, ytr, train.sfreq, g_cfg["calibrate"], seed + 2, device,
                                       class_bands=g_cfg["class_bands"]))
     if not main:
@@ -880,6 +881,62 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
                                  train.sfreq, train.ch_names))
     summary.update(_evaluate(round_dir, cfg, device))
     return summary
+
+
+def _mean_cov(x: torch.Tensor) -> torch.Tensor:
+    """Mean spatial covariance (C, C), float64, of trials x (n, C, T) (about zero mean: band-passed)."""
+    x = x.double()
+    return torch.einsum("nct,ndt->cd", x, x) / (x.shape[0] * x.shape[-1])
+
+
+def _sym_power(cov: torch.Tensor, p: float, floor: float = 1e-6) -> torch.Tensor:
+    """cov^p for a symmetric positive semi-definite matrix, eigenvalues floored at floor * the largest."""
+    w, v = torch.linalg.eigh(cov)
+    w = w.clamp_min(floor * w[-1])
+    return (v * w.pow(p)) @ v.T
+
+
+def covariance_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Affine-invariant Riemannian distance ||log(a^-1/2 b a^-1/2)||_F between covariance matrices."""
+    r = _sym_power(a, -0.5)
+    w = torch.linalg.eigvalsh(r @ b @ r).clamp_min(1e-12)
+    return float(torch.log(w).pow(2).sum().sqrt())
+
+
+@torch.no_grad()
+def calibrate_subject_covariance(generator, X: torch.Tensor, subject, mode: str, seed: int, device,
+                                 n_per_class: int = 512) -> dict:
+    """Fit the generator's `subject_mixing` so each subject's generated mean spatial covariance (both
+    classes pooled) equals that of its real trials X (standardized units; `subject` their subject numbers).
+
+    Per subject u the mixing becomes A_u M_u with A_u = C_real^1/2 C_gen^-1/2, the symmetric map that
+    re-centres the generated covariances on the real mean (the Riemannian re-centring of transfer-learning
+    BCI work): A_u C_gen A_u = C_real, while the generator's class difference and trial-to-trial spread
+    are carried along relative to it. Why: a CSP or tangent-space decoder trained on generated trials
+    and tested on real ones reads the subject's spatial covariance first; on S007 the generator's sat
+    off along a CSP direction, and its generated-trained CSP called every real trial one class (README,
+    session 21). Without subjects one shared map is fitted. Returns the mean distance between generated
+    and real subject covariances before and after (`covariance_distance`, a fresh draw for "after").
+    mode "none" leaves the generator as trained."""
+    if mode == "none":
+        return {}
+    gen = dist.unwrap(generator)
+    subject = np.asarray(subject)
+    units = list(gen.config.subjects) if gen.config.subject_count else [None]
+
+    def covs(draw_seed: int) -> list[torch.Tensor]:
+        fake, _, s_fake = generate(gen, n_per_class, draw_seed, device, return_subjects=True)
+        return [_mean_cov(fake if u is None else fake[s_fake == u]) for u in units]
+
+    real = [_mean_cov(X if u is None else X[torch.from_numpy(subject == u)]) for u in units]
+    before = covs(seed)
+    mixing = gen.subject_mixing.detach().cpu().double()
+    for i, (c_real, c_gen) in enumerate(zip(real, before)):
+        mixing[i] = _sym_power(c_real, 0.5) @ _sym_power(c_gen, -0.5) @ mixing[i]
+    gen.subject_mixing.copy_(mixing.float().to(gen.subject_mixing.device))
+    after = covs(seed + 1)
+    return {"subject_covariance_distance_before": float(np.mean([covariance_distance(r, g) for r, g in zip(real, before)])),
+            "subject_covariance_distance_after": float(np.mean([covariance_distance(r, g) for r, g in zip(real, after)]))}
 
 
 @torch.no_grad()

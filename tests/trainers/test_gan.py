@@ -564,3 +564,49 @@ def test_a_run_with_too_few_generator_updates_is_warned(make_cfg, tmp_path, caps
     run(make_cfg, tmp_path / "w", "gan.figure_every=10", "epochs=1")
     out = capsys.readouterr().out
     assert "warning:" in out and "generator updates over 1 epoch;" in out and "raise epochs" in out
+
+
+def _subject_generator(subjects=(2, 5), n_chans=4):
+    from models.gpt2_generator import GPT2Generator, GPT2GeneratorConfig
+
+    torch.manual_seed(0)
+    return GPT2Generator(GPT2GeneratorConfig(n_chans=n_chans, n_times=640, patch_size=32, n_embd=16, n_layer=1,
+                                             n_head=2, sfreq=160.0, l_freq=4.0, h_freq=40.0,
+                                             subjects=list(subjects))).eval()
+
+
+def test_subject_covariance_calibration_makes_each_subject_mean_covariance_the_real_one():
+    gen = _subject_generator()
+    # "Real" trials: the generator's own output, each subject through its own known channel mixing.
+    X, _, s = gan.generate(gen, 300, seed=1, device="cpu", return_subjects=True)
+    rng = np.random.default_rng(0)
+    maps = {u: torch.from_numpy(np.eye(4) + 0.6 * rng.standard_normal((4, 4))).float() for u in (2, 5)}
+    X = torch.stack([maps[int(u)] @ x for x, u in zip(X, s)])
+    z, y = gen.sample_noise(6, generator=torch.Generator().manual_seed(9)), torch.tensor([0, 1] * 3)
+    idx = torch.tensor([0, 1, 0, 1, 1, 0])
+    before = gen(z, y, idx)
+    assert gan.calibrate_subject_covariance(gen, X, s.numpy(), "none", seed=3, device="cpu") == {}
+    assert torch.equal(gen(z, y, idx), before)  # "none", and identity mixing, leave the output as trained
+    info = gan.calibrate_subject_covariance(gen, X, s.numpy(), "covariance", seed=3, device="cpu")
+    assert info["subject_covariance_distance_before"] > 1.0 > 5 * info["subject_covariance_distance_after"]
+    Xg, _, sg = gan.generate(gen, 300, seed=7, device="cpu", return_subjects=True)
+    for u in (2, 5):
+        real, fake = gan._mean_cov(X[s == u]), gan._mean_cov(Xg[sg == u])
+        assert torch.allclose(fake, real, rtol=0.1, atol=0.1 * real.diagonal().mean().item())
+    # Saved and reloaded, the mixing is part of the generator; a run saved before it existed loads as identity.
+    state = {k: v for k, v in gen.state_dict().items() if k != "subject_mixing"}
+    fresh = _subject_generator()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh(z, y, idx), before)
+    fresh.load_state_dict(gen.state_dict())
+    assert torch.equal(fresh(z, y, idx), gen(z, y, idx))
+
+
+def test_subject_covariance_calibration_key_is_validated():
+    from config.schema import load_config
+    from utils.errors import UserError
+
+    root = Path(__file__).resolve().parents[2] / "config" / "config.json"
+    assert load_config(root, ["gan.calibrate_subject=covariance"])["gan"]["calibrate_subject"] == "covariance"
+    with pytest.raises(UserError, match="gan.calibrate_subject"):
+        load_config(root, ["gan.calibrate_subject=whiten"])
