@@ -261,7 +261,7 @@ SCHEMA: dict[str, Any] = {
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, band (pooled, plus one factor per class, channel and theta/mu/beta/gamma band), "
                           "or none", choices=("class", "pooled", "band", "none")),
-        "calibrate_subject": _str("none", "after training and before gan.calibrate, fit a spatial mixing of the "
+        "calibrate_subject": _str("none", "after training and gan.calibrate, fit a spatial mixing of the "
                                   "generator's output per subject (one shared without subject conditioning) so each "
                                   "subject's generated mean spatial covariance equals its real one: covariance, or none",
                                   choices=("covariance", "none")),

@@ -9,9 +9,9 @@ to a (n_chans x patch_size) block, and a short depthwise temporal convolution sm
 between neighbouring patches, and the result is band-limited with the magnitude response of the
 FIR filter the real data went through (data.l_freq-data.h_freq), because power outside that band
 is invisible to a band-power objective yet dominates covariance-based decoders such as CSP. A
-per-subject spatial mixing (`subject_mixing`, fitted after training) re-centres each subject's mean
-spatial covariance on its real one, and a last per-class, per-channel magnitude response
-(`calibration`, fitted after that) corrects the remaining bias of the class-mean spectra. Output is in the standardized units of the training
+per-class, per-channel magnitude response (`calibration`, fitted after training) corrects the
+remaining bias of the class-mean spectra, and a last per-subject spatial mixing (`subject_mixing`,
+fitted after that) re-centres each subject's mean spatial covariance on its real one. Output is in the standardized units of the training
 data (data.dataset.Standardizer); the trainer maps it back to volts.
 
 Why time patches and not channels-as-tokens (the original): with 21 channels the sequence would
@@ -368,6 +368,8 @@ class GPT2Generator(nn.Module):
             proj = torch.einsum("nkc,bcf,nf->bnkf", u, spec, self.class_basis.to(spec.dtype))
             scale = torch.expm1(self.class_gain[y]).to(spec.dtype)                        # (B, nb, k)
             spec = spec + torch.einsum("nkc,bnkf->bcf", u, proj * scale[..., None])
+        spec = spec * (self.band_response * self.calibration[y])
+        # Last, so the fitted subject covariance is exact: a per-channel filter after a mixing would not commute
+        # with it, and leaks a tiny share of the strong directions into the weakest ones, which CSP reads.
         mixing = self.subject_mixing[subject] if c.subject_count else self.subject_mixing.expand(y.shape[0], -1, -1)
-        spec = torch.einsum("bcd,bdf->bcf", mixing.to(spec.dtype), spec)
-        return torch.fft.irfft(spec * (self.band_response * self.calibration[y]), n=c.n_times, dim=-1)
+        return torch.fft.irfft(torch.einsum("bcd,bdf->bcf", mixing.to(spec.dtype), spec), n=c.n_times, dim=-1)

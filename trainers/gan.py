@@ -856,12 +856,12 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
         dist.unwrap(G).load_state_dict(ema.module.state_dict())
     # After the last training state is saved, so a resumed run repeats the same calibration. Every
     # rank runs it (same weights, data and seed), so DDP replicas stay identical.
-    summary.update(calibrate_subject_covariance(G, Xtr, train.subject, g_cfg["calibrate_subject"], seed + 3, device))
     summary.update(calibrate_spectrum(G, Xtr, ytr, train.sfreq, g_cfg["calibrate"], seed + 2, device,
                                       class_bands=g_cfg["class_bands"]))
+    summary.update(calibrate_subject_covariance(G, Xtr, train.subject, g_cfg["calibrate_subject"], seed + 3, device))
     if not main:
         return summary
-    if g_cfg["calibrate"] != "none":
+    if g_cfg["calibrate"] != "none" or g_cfg["calibrate_subject"] != "none":
         monitor(cfg["epochs"])  # the final figures show the generator as saved
     gen_cfg, crit_cfg = generator.config, critic.config
     save_weights(G, round_dir / "generator.safetensors")
