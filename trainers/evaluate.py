@@ -40,7 +40,7 @@ CANDIDATES = ("gan", "phase_random", "real")
 DEFAULTS = {"n_per_class": None, "augment_trials": [5, 10, 20], "augment_seeds": 3, "augment_per_class": 40,
             "classifier_steps": 100, "classifier_batch": 32, "classifier_lr": 0.003, "architecture": None, "fd_dims": 32,
             "csp_components": 6, "figures": True}
-CACHE_VERSION = 2  # 2: band-power LDA in the decoding references
+CACHE_VERSION = 3  # 2: band-power LDA in the decoding references; 3: per-trial correctness (intervals)
 
 
 def settings(cfg: dict) -> dict:
@@ -137,13 +137,21 @@ class Evaluator:
                **M.amplitude_sanity(X, r.X_b)}
         return out
 
-    def decoding(self, X, y, seed: int) -> dict:
-        """Train on the candidate, test on every held-out trial (TSTR; TRTR for the real pool)."""
+    def decoding(self, X, y, seed: int, clf: M.FittedClassifier | None = None) -> dict:
+        """Train on the candidate, test on every held-out trial (TSTR; TRTR for the real pool).
+
+        Each decoder's accuracy, its 95% Wilson interval (`ci95`) and which held-out trials it got right
+        (`correct`, 0/1 in test order: the paired comparison of `tstr_uncertainty` needs them)."""
         r = self.real
-        clf = self.fit(X, y, seed)
-        return {"cnn": clf.accuracy(r.X_test, r.y_test),
-                "csp_lda": M.csp_lda_accuracy(X, y, r.X_test, r.y_test, self.s["csp_components"]),
-                "band_lda": M.band_lda_accuracy(X, y, r.X_test, r.y_test, r.sfreq)}
+        clf = clf or self.fit(X, y, seed)
+        pred = {"cnn": clf.predict(r.X_test),
+                "csp_lda": M.csp_lda_predict(X, y, r.X_test, self.s["csp_components"]),
+                "band_lda": M.band_lda_predict(X, y, r.X_test, r.sfreq)}
+        correct = {k: (np.asarray(p) == r.y_test).astype(int) for k, p in pred.items()}
+        out = {k: float(c.mean()) for k, c in correct.items()}
+        out["ci95"] = {k: list(M.wilson_interval(int(c.sum()), len(c))) for k, c in correct.items()}
+        out["correct"] = {k: c.tolist() for k, c in correct.items()}
+        return out
 
     def augmentation(self, extra_fn, desc: str) -> dict:
         """Accuracy on held-out trials when k real trials per class (+ extra trials) train the classifier.
@@ -189,10 +197,7 @@ class Evaluator:
         phase_dist = M.phase_randomize(Xp, self.seed + 12)
         phase_pool = M.phase_randomize(r.X_pool, self.seed + 13)
         steps = tqdm(total=5, desc="evaluation references", disable=not self.progress, leave=False)
-        fixed = self.fixed_classifier()
-        trtr = {"cnn": fixed.accuracy(r.X_test, r.y_test),
-                "csp_lda": M.csp_lda_accuracy(r.X_pool, r.y_pool, r.X_test, r.y_test, self.s["csp_components"]),
-                "band_lda": M.band_lda_accuracy(r.X_pool, r.y_pool, r.X_test, r.y_test, r.sfreq)}
+        trtr = self.decoding(r.X_pool, r.y_pool, self.seed, clf=self.fixed_classifier())
         steps.update()
         out = {"real": {"distribution": self.distribution(r.X_a, r.y_a), "decoding": trtr}}
         steps.update()
@@ -283,6 +288,20 @@ def augmentation_table(result: dict) -> dict:
     return out
 
 
+TSTR_DECODERS = (("cnn", "CNN"), ("csp", "CSP+LDA"), ("band", "band-power LDA"))
+_DECODING_KEYS = {"cnn": "cnn", "csp": "csp_lda", "band": "band_lda"}
+TARGET_SHARE = 0.8  # the issue's target: 80% of the real-trained decoder's margin over chance
+
+
+def tstr_uncertainty(candidates: dict, groups, seed: int) -> dict:
+    """Per decoder: the GAN's train-on-synthetic accuracy minus the target bar, with a 95% paired bootstrap
+    interval over the held-out trials resampled within each subject (`metrics.margin_shortfall`)."""
+    gan, real = candidates["gan"]["decoding"], candidates["real"]["decoding"]
+    return {key: M.margin_shortfall(gan["correct"][dk], real["correct"][dk], TARGET_SHARE, groups=groups,
+                                    seed=seed)
+            for key, dk in _DECODING_KEYS.items() if dk in gan.get("correct", {}) and dk in real.get("correct", {})}
+
+
 def headline(result: dict) -> dict:
     """Flat numbers merged into the GAN round summary (prefix eval_)."""
     c = result["candidates"]
@@ -298,6 +317,13 @@ def headline(result: dict) -> dict:
         h[f"eval_nn_ratio{short}"] = d["nn_ratio"]
         h[f"eval_std_ratio{short}"] = d["std_ratio"]
         h[f"eval_band_error{short}"] = d["band_power_error"].get("mean_abs", math.nan)
+    for key, dk in _DECODING_KEYS.items():
+        lo_hi = c["gan"]["decoding"].get("ci95", {}).get(dk)
+        if lo_hi:
+            h[f"eval_tstr_{key}_ci_lo"], h[f"eval_tstr_{key}_ci_hi"] = lo_hi
+    for key, u in result.get("tstr_uncertainty", {}).items():
+        h[f"eval_tstr_{key}_bar_diff"] = u["difference"]
+        h[f"eval_tstr_{key}_bar_diff_lo"], h[f"eval_tstr_{key}_bar_diff_hi"] = u["lo"], u["hi"]
     aug = result["augmentation"]
     for k, row in aug.items():
         for cand, short in (("gan", ""), ("phase_random", "_phase"), ("real", "_floor")):
@@ -310,10 +336,19 @@ def headline(result: dict) -> dict:
     return h
 
 
-TSTR_DECODERS = (("cnn", "CNN"), ("csp", "CSP+LDA"), ("band", "band-power LDA"))
+def _noise_verdict(h: dict, key: str, n_test) -> str:
+    """How the paired bootstrap interval of (train-on-synthetic - bar) reads, or '' without one."""
+    lo, hi = h.get(f"eval_tstr_{key}_bar_diff_lo"), h.get(f"eval_tstr_{key}_bar_diff_hi")
+    if lo is None or hi is None:
+        return ""
+    trials = f"{n_test} held-out trials" if n_test else "the held-out trials"
+    verdict = ("beyond the noise of" if lo > 0 else "missed beyond the noise of" if hi < 0
+               else "the bar lies within the noise of")
+    return (f" Generated-trained minus bar {h[f'eval_tstr_{key}_bar_diff']:+.3f}, 95% paired bootstrap interval "
+            f"[{lo:+.3f}, {hi:+.3f}]: {verdict} {trials}.")
 
 
-def targets_status(h: dict, chance: float = 0.5) -> list[str]:
+def targets_status(h: dict, chance: float = 0.5, n_test: int | None = None) -> list[str]:
     lines = []
     for key, name in TSTR_DECODERS:
         t, r = h.get(f"eval_tstr_{key}"), h.get(f"eval_tstr_{key}_floor")
@@ -323,9 +358,13 @@ def targets_status(h: dict, chance: float = 0.5) -> list[str]:
             lines.append(f"- Train-on-synthetic vs train-on-real ({name}): {t:.3f} vs {r:.3f}: trained on real "
                          "trials it is at chance, so there is no margin for the generated trials to keep.")
             continue
-        bar = chance + 0.8 * (r - chance)  # the issue's target: 80% of the real-trained margin over chance
-        lines.append(f"- Train-on-synthetic vs train-on-real ({name}): {t:.3f} vs {r:.3f}; 80% of the real margin "
-                     f"over chance is {bar:.3f}: " + ("**met**." if t >= bar - 1e-9 else "**not met**."))
+        bar = chance + TARGET_SHARE * (r - chance)
+        ci = ""
+        if f"eval_tstr_{key}_ci_lo" in h:
+            ci = f" (95% interval {h[f'eval_tstr_{key}_ci_lo']:.3f}-{h[f'eval_tstr_{key}_ci_hi']:.3f})"
+        lines.append(f"- Train-on-synthetic vs train-on-real ({name}): {t:.3f}{ci} vs {r:.3f}; 80% of the real margin "
+                     f"over chance is {bar:.3f}: " + ("**met**." if t >= bar - 1e-9 else "**not met**.")
+                     + _noise_verdict(h, key, n_test))
     t, tp = h.get("eval_tstr_cnn"), h.get("eval_tstr_cnn_phase")
     f, fp = h.get("eval_frechet"), h.get("eval_frechet_phase")
     g, gs = h.get("eval_aug_gain_10"), h.get("eval_aug_gain_10_std")
@@ -379,11 +418,16 @@ def _get(d, path):
     return d
 
 
+def _cell(candidate: dict, path, pct: bool) -> str:
+    text = _fmt(_get(candidate, path), pct)
+    ci = _get(candidate, ("decoding", "ci95", path[1])) if path[0] == "decoding" else None
+    return text + (f" ({100 * ci[0]:.0f}-{100 * ci[1]:.0f})" if ci else "")
+
+
 def metric_table(candidates: dict) -> str:
     lines = ["| metric | GAN | phase-randomised | real (floor) |", "|---|---|---|---|"]
     for label, path, pct in METRIC_ROWS:
-        lines.append(f"| {label} | " + " | ".join(_fmt(_get(candidates.get(c, {}), path), pct)
-                                                  for c in CANDIDATES) + " |")
+        lines.append(f"| {label} | " + " | ".join(_cell(candidates.get(c, {}), path, pct) for c in CANDIDATES) + " |")
     return "\n".join(lines)
 
 
@@ -416,7 +460,7 @@ def write_report(folder: Path, result: dict, figures: dict) -> Path:
           f"Frechet distance on the {result['fd_dims']} leading principal components of its penultimate features. "
           f"Phase-randomised baseline: real training trials with one random phase per frequency shared across "
           f"channels (spectrum and spatial covariance kept).", "",
-          "## Targets", "", *targets_status(h), "",
+          "## Targets", "", *targets_status(h, n_test=result["n_test"]), "",
           "## Metrics", "", metric_table(result["candidates"]), "",
           f"Reference lateralisation (right - left mu power) of the held-out half: {ref_lat}; real motor imagery "
           "gives C3 < 0 < C4.", "",
@@ -488,6 +532,7 @@ def evaluate_round(round_dir, cfg: dict, device="cpu", progress: bool = True, re
               "candidates": {"gan": gan, "phase_random": refs["phase_random"], "real": refs["real"]},
               "references": {"real_only": refs["real_only"]}}
     result["augmentation"] = augmentation_table(result)
+    result["tstr_uncertainty"] = tstr_uncertainty(result["candidates"], r.subject_test, seed + 300)
     figures = render_figures(round_dir, ev, X_gen, y_gen, round_dir) if s["figures"] else {}
     result["time_s"] = round(time.time() - t0, 2)
     result["headline"] = headline(result)
@@ -513,7 +558,9 @@ def write_run_report(run_dir: Path, agg: dict) -> Path:
              "Mean +- std over rounds; every round's own report is linked below.", "",
              "| metric | mean | std |", "|---|---|---|"]
     lines += [f"| {k} | {_fmt(agg[k + '_mean'])} | {_fmt(agg[k + '_std'])} |" for k in keys]
-    lines += ["", "## Targets (round means)", "", *targets_status({k: agg[k + "_mean"] for k in keys}), "",
+    means = {k: agg[k + "_mean"] for k in keys if not re.search(r"_(ci|bar_diff)_(lo|hi)$", k)}
+    lines += ["", "## Targets (round means; each round's report gives its own intervals)", "",
+              *targets_status(means), "",
               "## Rounds", ""]
     lines += [f"- [{Path(p).name}]({Path(p).relative_to(run_dir).as_posix()}/report.md)" for p in agg["round_dirs"]]
     path = run_dir / "report.md"

@@ -68,12 +68,22 @@ def test_evaluate_round_writes_report_figures_and_headline(make_cfg, tmp_path):
               "eval_frechet_floor", "eval_swd", "eval_psd_db", "eval_nn_ratio", "eval_aug_gain_5", "eval_time_s"):
         assert k in head and np.isfinite(head[k]), k
     assert 0 <= head["eval_tstr_cnn"] <= 1
+    # Each train-on-synthetic accuracy comes with its interval, and the target check with a paired one.
+    for k in ("cnn", "csp", "band"):
+        assert head[f"eval_tstr_{k}_ci_lo"] <= head[f"eval_tstr_{k}"] <= head[f"eval_tstr_{k}_ci_hi"]
+        assert head[f"eval_tstr_{k}_bar_diff_lo"] <= head[f"eval_tstr_{k}_bar_diff_hi"]
     # The references behave as their definitions say: real halves are close, phase-randomised copies
     # keep the spectrum (small dB difference) and the amplitude.
     assert head["eval_psd_db_floor"] < 3 and head["eval_psd_db_phase"] < 3
     assert 0.7 < head["eval_std_ratio_phase"] < 1.3 and 0.7 < head["eval_nn_ratio_floor"] < 1.4
     res = json.loads((run / "evaluation.json").read_text())
     assert set(res["candidates"]) == {"gan", "phase_random", "real"}
+    real_cnn = res["candidates"]["real"]["decoding"]
+    assert len(real_cnn["correct"]["cnn"]) == res["n_test"]
+    assert np.mean(real_cnn["correct"]["cnn"]) == pytest.approx(real_cnn["cnn"])
+    gan_dec = res["candidates"]["gan"]["decoding"]
+    u = res["tstr_uncertainty"]["cnn"]  # the bootstrap's point value is the plain accuracy difference to the bar
+    assert u["difference"] == pytest.approx(gan_dec["cnn"] - (0.5 + 0.8 * (real_cnn["cnn"] - 0.5)))
     report = (run / "report.md").read_text()
     assert "| metric | GAN | phase-randomised | real (floor) |" in report and "## Targets" in report
     for name in ("trials", "psd", "topomap_mu", "tfr", "curves", "embedding"):
@@ -136,3 +146,18 @@ def test_targets_check_each_decoder_against_80_percent_of_the_real_margin():
     cnn, csp, band = (next(ln for ln in lines if f"({name})" in ln) for name in ("CNN", "CSP+LDA", "band-power LDA"))
     assert "0.620: **met**" in cnn and "0.620: **not met**" in band
     assert "at chance" in csp and "met" not in csp
+
+
+def test_targets_say_whether_a_miss_is_beyond_the_noise_of_the_held_out_set():
+    from trainers.evaluate import targets_status
+
+    base = {"eval_tstr_cnn": 0.51, "eval_tstr_cnn_floor": 0.66, "eval_tstr_cnn_ci_lo": 0.40, "eval_tstr_cnn_ci_hi": 0.62,
+            "eval_tstr_cnn_bar_diff": -0.118}
+    within = targets_status({**base, "eval_tstr_cnn_bar_diff_lo": -0.25, "eval_tstr_cnn_bar_diff_hi": 0.01}, n_test=75)
+    beyond = targets_status({**base, "eval_tstr_cnn_bar_diff_lo": -0.20, "eval_tstr_cnn_bar_diff_hi": -0.03}, n_test=75)
+    assert "**not met**" in within[0] and "within the noise of 75 held-out trials" in within[0]
+    assert "0.400-0.620" in within[0] and "[-0.250, +0.010]" in within[0]
+    assert "missed beyond the noise of 75 held-out trials" in beyond[0]
+    met = targets_status({"eval_tstr_band": 0.70, "eval_tstr_band_floor": 0.60, "eval_tstr_band_bar_diff": 0.12,
+                          "eval_tstr_band_bar_diff_lo": 0.02, "eval_tstr_band_bar_diff_hi": 0.2})
+    assert "**met**. " in met[0] and "beyond the noise of the held-out trials" in met[0]

@@ -168,3 +168,37 @@ def test_project_classifier_tstr_equals_trtr_for_identical_sets_and_swapped_clas
     F = real.features(Xb)
     assert F.ndim == 2 and len(F) == len(Xb)
     assert M.frechet_distance(F, real.features(Xb.copy())) == pytest.approx(0.0, abs=1e-6 * max(1.0, float(np.abs(F).max()) ** 2))
+
+
+def test_wilson_interval_matches_hand_computed_values_and_is_symmetric():
+    # k = 0 of n = 10: the upper end is z^2 / (n + z^2) = 3.8416 / 13.8416.
+    lo, hi = M.wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(3.8416 / 13.8416, abs=1e-4)
+    # 47 of 75 (a 63% decoder on a 75-trial test run): centre 0.6204, half-width 0.1070.
+    assert M.wilson_interval(47, 75) == pytest.approx((0.5135, 0.7274), abs=1e-4)
+    lo2, hi2 = M.wilson_interval(75 - 47, 75)
+    assert (lo2, hi2) == pytest.approx((1 - 0.7274, 1 - 0.5135), abs=1e-4)
+    assert np.isnan(M.wilson_interval(0, 0)[0])
+
+
+def test_margin_shortfall_is_the_difference_to_the_80_percent_bar_with_a_paired_interval():
+    ones = np.ones(40, int)
+    # Both decoders right on every trial: 1 - (0.5 + 0.8 * 0.5) = +0.1, and no resample can change that.
+    r = M.margin_shortfall(ones, ones)
+    assert r["difference"] == pytest.approx(0.1) and r["lo"] == pytest.approx(0.1) and r["hi"] == pytest.approx(0.1)
+    rng = np.random.default_rng(0)
+    real = (rng.random(2000) < 0.65).astype(int)
+    gen = (rng.random(2000) < 0.52).astype(int)  # bar 0.62: missed by about 0.1
+    big = M.margin_shortfall(gen, real, seed=1)
+    assert big["difference"] == pytest.approx(gen.mean() - 0.8 * real.mean() - 0.1)
+    assert big["hi"] < 0  # 2000 trials tell
+    small = M.margin_shortfall(gen[:40], real[:40], seed=1)
+    assert small["lo"] < small["difference"] < small["hi"] and small["hi"] - small["lo"] > 3 * (big["hi"] - big["lo"])
+    # Resampling within groups keeps each group's share: a group that is all right and one that is all wrong
+    # give the same test-set accuracy in every resample.
+    half = np.r_[np.ones(20, int), np.zeros(20, int)]
+    strat = M.margin_shortfall(half, np.zeros(40, int), groups=np.r_[np.zeros(20), np.ones(20)])
+    assert strat["lo"] == pytest.approx(strat["hi"]) == pytest.approx(0.5 - 0.1)
+    assert M.margin_shortfall(half, np.zeros(40, int))["hi"] > strat["hi"]
+    with pytest.raises(ValueError):
+        M.margin_shortfall(ones, ones[:10])
