@@ -121,6 +121,12 @@ def test_cli_evaluates_every_round_and_aggregates(make_cfg, tmp_path, capsys):
     assert "eval_frechet_mean" in agg and "eval_frechet_std" in agg
     assert agg["per_round"][0]["eval_frechet"] != agg["per_round"][1]["eval_frechet"]  # different generators
     assert "round-1/report.md" in (run / "report.md").read_text()
+    # The run-level target check carries the interval of the mean over rounds (decoders averaged trial by
+    # trial over the shared held-out set), not a mean of the rounds' own intervals.
+    u = agg["tstr_uncertainty"]["cnn"]
+    assert u["difference"] == pytest.approx(np.mean([h["eval_tstr_cnn_bar_diff"] for h in agg["per_round"]]))
+    assert u["lo"] <= u["difference"] <= u["hi"] and "eval_tstr_cnn_ci_lo_mean" not in agg
+    assert "paired bootstrap interval" in (run / "report.md").read_text()
     assert "evaluation:" in capsys.readouterr().out
 
 
