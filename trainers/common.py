@@ -86,6 +86,9 @@ def _run_rounds(cfg, trainer, device, run_dir, resume, is_main, t0) -> tuple[Pat
     summary = {"model_name": cfg["model_name"], "run_dir": str(run_dir), **results[0]}
     if cfg["rounds"] > 1:
         summary.update(aggregate(results))
+    finish = getattr(trainer, "finish_run", None)  # a trainer's run-level step after every round (GAN: report)
+    if is_main and finish is not None and cfg["rounds"] > 1:
+        finish(Path(run_dir), round_dirs(run_dir, cfg["rounds"]))
     summary["wall_time_s"] = round(time.time() - t0, 2)
     if is_main:
         write_json(Path(run_dir) / "summary.json", summary)

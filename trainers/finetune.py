@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from data.dataset import Standardizer, load_splits
-from trainers.gan import build_models, fit_gan
+from trainers.gan import build_models, finish_run, fit_gan  # noqa: F401  (finish_run: run-level report)
 from utils import distributed as dist
 from utils.errors import UserError
 from utils.runtime import seed_everything

@@ -1105,6 +1105,17 @@ def _evaluate(round_dir: Path, cfg: dict, device) -> dict:
     return {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str, bool))}
 
 
+def finish_run(run_dir: Path, rds: list[Path]) -> None:
+    """After the last round of a multi-round run: the run-level evaluation.json and report.md (means over
+    rounds, and the interval of the mean train-on-synthetic shortfall), as `--mode evaluate` writes them."""
+    try:
+        from trainers.evaluate import write_run_evaluation
+    except ImportError:
+        return
+    if all((rd / "evaluation.json").is_file() for rd in rds):
+        write_run_evaluation(run_dir, rds=rds)
+
+
 # --- gpt2cgan entry point ------------------------------------------------------------------------
 
 def conditioned_subjects(cfg: dict, subjects) -> list[int] | None:

@@ -127,6 +127,15 @@ def test_cli_evaluates_every_round_and_aggregates(make_cfg, tmp_path, capsys):
     assert u["difference"] == pytest.approx(np.mean([h["eval_tstr_cnn_bar_diff"] for h in agg["per_round"]]))
     assert u["lo"] <= u["difference"] <= u["hi"] and "eval_tstr_cnn_ci_lo_mean" not in agg
     assert "paired bootstrap interval" in (run / "report.md").read_text()
+    # A multi-round GAN training writes the same run-level report after its last round.
+    from trainers import finetune, gan
+
+    (run / "report.md").unlink()
+    (run / "evaluation.json").unlink()
+    assert finetune.finish_run is gan.finish_run
+    gan.finish_run(run, [run / "round-0", run / "round-1"])
+    assert json.loads((run / "evaluation.json").read_text())["tstr_uncertainty"] == agg["tstr_uncertainty"]
+    assert "paired bootstrap interval" in (run / "report.md").read_text()
     assert "evaluation:" in capsys.readouterr().out
 
 
