@@ -569,6 +569,7 @@ def aggregate_rounds(run_dir: Path, heads: list[dict], round_dirs: list[Path]) -
             unc = tstr_uncertainty([r["candidates"] for r in results], results[0]["test_subject"],
                                    results[0].get("seed", 0) + 400)
             out["tstr_uncertainty"] = unc
+            out["n_test"] = results[0]["n_test"]
             for key, u in unc.items():
                 out[f"eval_tstr_{key}_bar_diff_lo"], out[f"eval_tstr_{key}_bar_diff_hi"] = u["lo"], u["hi"]
     return out
@@ -582,7 +583,7 @@ def write_run_report(run_dir: Path, agg: dict) -> Path:
     lines += [f"| {k} | {_fmt(agg[k + '_mean'])} | {_fmt(agg[k + '_std'])} |" for k in keys]
     means = {**{k: agg[k + "_mean"] for k in keys}, **{k: v for k, v in agg.items() if _PER_ROUND_INTERVAL.search(k)}}
     lines += ["", "## Targets (round means; intervals over the held-out trials with every round's decoders averaged "
-              "trial by trial)", "", *targets_status(means), "",
+              "trial by trial)", "", *targets_status(means, n_test=agg.get("n_test")), "",
               "## Rounds", ""]
     lines += [f"- [{Path(p).name}]({Path(p).relative_to(run_dir).as_posix()}/report.md)" for p in agg["round_dirs"]]
     path = run_dir / "report.md"
