@@ -165,7 +165,7 @@ class GPT2Generator(nn.Module):
         log gain per channel, interpolated linearly over the token's samples, so the output's power can
         rise and fall within the trial. The same LayerNorm that flattens the per-trial amplitude (see
         `gain`) flattens it from token to token: the generators' power varied less over 0.5 s windows than
-        real trials' (median sd of log power 0.27 against 0.36-0.39 on S006-S010, README session 18), and
+        real trials' (median sd of log power 0.27 against 0.36-0.39 on S006-S010, bench/RESULTS.md session 18), and
         the time course of power is what a CNN trained on real trials reads there. Zero weights: the
         output is unchanged until training moves them, so a pretrained generator can take it on."""
         self.config.token_gain = bool(on)
@@ -268,7 +268,7 @@ class GPT2Generator(nn.Module):
         """Make the class act through `mode` (GPT2GeneratorConfig.class_effect). "spectral" adds a
         zero-initialised `class_gain` (class_count, n_chans, n_bands): each class's log amplitude gain
         per channel and band. Why: the real left/right difference that carries from session to session
-        is the level of mu/beta power per channel (README, session 8), while the rest of the sample's
+        is the level of mu/beta power per channel (bench/RESULTS.md, session 8), while the rest of the sample's
         class difference is sampling noise; a class input that can move only those few directions
         cannot reproduce the noise as class structure. "spatial" adds a zero-initialised `class_gain`
         (class_count, n_bands, CLASS_COMPONENTS) and `class_pattern` (n_bands, CLASS_COMPONENTS, n_chans):

@@ -60,7 +60,7 @@ def training_subjects(info: dict) -> list | None:
 def resolve_reinit(setting, pretrained_info: dict, target_info: dict) -> list[str]:
     """`finetune.reinit` as parts to restart. "auto": restart the critic, the output stages and the class
     embedding when the pretrained GAN was trained on other subjects than the target (or its subjects are
-    unknown), keep everything when only the task differs. Measured (README, "Transfer, session 4"): on a
+    unknown), keep everything when only the task differs. Measured (bench/RESULTS.md, "Transfer, session 4"): on a
     new subject the kept parts cost class structure; on the same subjects, restarting bought nothing."""
     if setting == "auto":
         source, target = training_subjects(pretrained_info), training_subjects(target_info)

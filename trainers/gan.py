@@ -49,7 +49,7 @@ ENVELOPE_WINDOW_S = 0.5
 CSP_ENVELOPE_COMPONENTS = 6  # per band, half from each end of the CSP spectrum
 MOTOR_TRIO = ("C3", "Cz", "C4")
 # Below this many generator updates a run is warned: on S007 (24 trials, one update an epoch) the
-# class structure formed between 50 and 150 updates (README, "Transfer, session 4").
+# class structure formed between 50 and 150 updates (bench/RESULTS.md, "Transfer, session 4").
 MIN_GENERATOR_UPDATES = 100
 
 
@@ -115,7 +115,7 @@ class SpectralTargets(torch.nn.Module):
         # gan.class_covariance = "power": the class pair differs only in band power, not in how channels
         # correlate. On S006-S010 the training pool's class difference in channel correlations is mostly
         # sampling noise, and matched as it is, every generated trial carries it: a tangent-space decoder
-        # tells held-out generated classes apart at 0.93, and the real trials far less (README, session 18).
+        # tells held-out generated classes apart at 0.93, and the real trials far less (bench/RESULTS.md, session 18).
         self.pool_correlations = class_covariance == "power" and class_count == 2
         if self.pool_correlations:
             _pool_correlations(self.cov)
@@ -176,7 +176,7 @@ class SpectralTargets(torch.nn.Module):
         # correlations a decoder's weights depend on (LDA: w = cov^-1 (mean_R - mean_L)). The session-6
         # generators had the right means and per-feature spreads but too correlated features (mean
         # |corr| 0.81 against 0.69 pooled), and an LDA with their covariance lost 6 points on run 12
-        # (README, session 7). Ledoit-Wolf shrinkage: a 105-dim covariance from 24-240 trials. Off by
+        # (bench/RESULTS.md, session 7). Ledoit-Wolf shrinkage: a 105-dim covariance from 24-240 trials. Off by
         # default (gan.trial_cov_weight 0): in the frobenius form, at weight 1 it fought the class terms on
         # S006-S010; the kl form (gan.trial_cov_form, session 16) doubled the generated spread along the thin
         # directions but moved train-on-synthetic by less than its seed-to-seed noise.
@@ -261,7 +261,7 @@ class SpectralTargets(torch.nn.Module):
         """Shrink each subject's right-minus-left difference towards the pooled one, James-Stein style.
 
         A subject's cells hold 10-25 trials, and their class difference is mostly sampling noise: on
-        S001-S010 its norm is within 1.4 times what noise alone gives, for every subject (README,
+        S001-S010 its norm is within 1.4 times what noise alone gives, for every subject (bench/RESULTS.md,
         session 7). Matched as it is, the generator reproduces that noise as class structure, which a
         classifier trained on generated trials learns and the held-out run does not have. The part kept is
         max(0, 1 - noise / |d_subject - d_pooled|^2), noise being the variance of the difference; the
@@ -270,7 +270,7 @@ class SpectralTargets(torch.nn.Module):
         band power, for both statistics (session 7). "band": one per band and statistic, each against its
         own noise, so a difference confined to one band, or to the channel correlations, is not averaged
         away by the noise of the rest (S007 pooled with S001-S009: 0.17 kept globally, though CSP+LDA on
-        its own trials decodes its run 12 at 1.00; README session 19, `bench_gan.py transforms`).
+        its own trials decodes its run 12 at 1.00; bench/RESULTS.md session 19, `bench_gan.py transforms`).
         `subject_contrast_kept` gets each subject's mean factor.
         """
         for s in range(len(logbp) // 2):
@@ -301,7 +301,7 @@ class SpectralTargets(torch.nn.Module):
         (S006-S010: band covariance |d|^2 0.75 against 1.10 from noise alone, log band power 0.72 against
         0.40; `bench/bench_gan.py diagnose`), while the lateralisation a decoder uses sits in a few elements.
         Matched as it is, the generator reproduces that noise as class structure. (On S006-S010 shrinking
-        it did not raise train-on-synthetic, README session 8, so gan.shrink_contrast is off by default.)
+        it did not raise train-on-synthetic, bench/RESULTS.md session 8, so gan.shrink_contrast is off by default.)
         The noise is the within-(subject, class) variance of the trial statistic over the class's trial
         count; subjects hold both classes, so their offsets cancel in the difference. The class-averaged
         statistic is untouched."""
@@ -567,7 +567,7 @@ def gaussian_kl(cov: torch.Tensor, target: torch.Tensor, ridge: float = 1e-2) ->
     A Frobenius error is dominated by the few large shared-gain directions; this one measures every
     direction against the target's own variance there, so a direction where generated trials vary 3x
     less than real ones costs 25x more than a 20% error along the largest. Generated trials had such
-    thin directions, along which their classes separated far more cleanly than real ones (README,
+    thin directions, along which their classes separated far more cleanly than real ones (bench/RESULTS.md,
     session 16)."""
     eye = torch.eye(len(cov), dtype=torch.float64, device=cov.device)
     a, t = cov.double() + ridge * eye, target.double() + ridge * eye
@@ -751,7 +751,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     # gan.generator_ema: an exponential moving average of the generator's weights is what the run
     # keeps. The contrast term's error signal is a moving average of past batches, so under Adam the
     # class statistics circle their target instead of settling on it: on S006-S010 the training-time
-    # contrast read 0.14-0.20 while the last weights, on fresh batches, scored 1.28-1.60 (README, session 8).
+    # contrast read 0.14-0.20 while the last weights, on fresh batches, scored 1.28-1.60 (bench/RESULTS.md, session 8).
     ema = None
     if g_cfg["generator_ema"] > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -914,8 +914,8 @@ def calibrate_subject_covariance(generator, X: torch.Tensor, subject, mode: str,
     BCI work): A_u C_gen A_u = C_real, while the generator's class difference and trial-to-trial spread
     are carried along relative to it. Why: a CSP or tangent-space decoder trained on generated trials
     and tested on real ones reads the subject's spatial covariance first; on S007 the generator's sat
-    off along a CSP direction, and its generated-trained CSP called every real trial one class (README,
-    session 21). Without subjects one shared map is fitted. Returns the mean distance between generated
+    off along a CSP direction, and its generated-trained CSP called every real trial one class (bench/RESULTS.md,
+    sessions 21-22). Without subjects one shared map is fitted. Returns the mean distance between generated
     and real subject covariances before and after (`covariance_distance`, a fresh draw for "after").
     mode "none" leaves the generator as trained."""
     if mode == "none":
@@ -977,7 +977,7 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
     if mode == "band":
         # The pooled response at full resolution, and per class only a deviation from it that is constant
         # within each CLASS_BANDS band: the class-mean band power becomes the real one, without the sample's
-        # bin-by-bin class difference (at the level of sampling noise, README session 8). The smoothing is
+        # bin-by-bin class difference (at the level of sampling noise, bench/RESULTS.md session 8). The smoothing is
         # linear, so the pooled spectra are the class means of the smoothed class spectra.
         p_real, p_fake = class_psd(X, y, False), class_psd(fake, y_fake, False).clamp_min(1e-30)
         log_class = torch.log(p_real / p_fake)
