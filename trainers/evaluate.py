@@ -288,8 +288,8 @@ def augmentation_table(result: dict) -> dict:
     return out
 
 
-TSTR_DECODERS = (("cnn", "CNN"), ("csp", "CSP+LDA"), ("band", "band-power LDA"))
-_DECODING_KEYS = {"cnn": "cnn", "csp": "csp_lda", "band": "band_lda"}
+# (headline key eval_tstr_<key>, key in a candidate's `decoding`, name in the report)
+TSTR_DECODERS = (("cnn", "cnn", "CNN"), ("csp", "csp_lda", "CSP+LDA"), ("band", "band_lda", "band-power LDA"))
 TARGET_SHARE = 0.8  # the issue's target: 80% of the real-trained decoder's margin over chance
 
 
@@ -301,7 +301,7 @@ def tstr_uncertainty(rounds: list[dict], groups, seed: int) -> dict:
     are averaged trial by trial first, so the interval is that of the mean over rounds: the generators'
     seed-to-seed spread averages down, the held-out set's own noise, shared by every round, does not."""
     out = {}
-    for key, dk in _DECODING_KEYS.items():
+    for key, dk, _ in TSTR_DECODERS:
         gen = [c["gan"]["decoding"].get("correct", {}).get(dk) for c in rounds]
         real = [c["real"]["decoding"].get("correct", {}).get(dk) for c in rounds]
         if all(v is not None for v in gen + real) and len({len(v) for v in gen + real}) == 1:
@@ -324,7 +324,7 @@ def headline(result: dict) -> dict:
         h[f"eval_nn_ratio{short}"] = d["nn_ratio"]
         h[f"eval_std_ratio{short}"] = d["std_ratio"]
         h[f"eval_band_error{short}"] = d["band_power_error"].get("mean_abs", math.nan)
-    for key, dk in _DECODING_KEYS.items():
+    for key, dk, _ in TSTR_DECODERS:
         lo_hi = c["gan"]["decoding"].get("ci95", {}).get(dk)
         if lo_hi:
             h[f"eval_tstr_{key}_ci_lo"], h[f"eval_tstr_{key}_ci_hi"] = lo_hi
@@ -357,7 +357,7 @@ def _noise_verdict(h: dict, key: str, n_test) -> str:
 
 def targets_status(h: dict, chance: float = 0.5, n_test: int | None = None) -> list[str]:
     lines = []
-    for key, name in TSTR_DECODERS:
+    for key, _, name in TSTR_DECODERS:
         t, r = h.get(f"eval_tstr_{key}"), h.get(f"eval_tstr_{key}_floor")
         if t is None or r is None:
             continue
