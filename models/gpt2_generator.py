@@ -260,7 +260,7 @@ class GPT2Generator(nn.Module):
         self.register_buffer("subject_mixing", torch.eye(self.config.n_chans, device=device).repeat(max(n, 1), 1, 1))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Runs saved before subject_mixing existed (session 22) load with the identity: their output is unchanged.
+        # Runs saved before subject_mixing existed (session 21) load with the identity: their output is unchanged.
         state_dict.setdefault(prefix + "subject_mixing", self.subject_mixing.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
