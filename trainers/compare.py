@@ -4,6 +4,10 @@ GAN runs are read from their `evaluation.json` (run level: mean and std over rou
 has several), or from the eval_* numbers their training summary.json holds (every GAN round is
 evaluated at its end); other runs (classifiers) contribute the numbers of their `summary.json`. Typical
 uses: scratch vs fine-tuned, sensor vs source representation, one run's rounds.
+
+For GAN runs scored on the same held-out trials as the first run, the report also gives each decoder's
+train-on-synthetic difference to the first run with a 95% paired bootstrap interval: both decoders are
+scored on the same trials, so a variant is only "better" when the interval clears zero.
 """
 from __future__ import annotations
 
@@ -138,6 +142,52 @@ def plot(runs: list[dict], path: Path) -> Path | None:
     return path
 
 
+def paired_differences(runs: list[dict], seed: int = 0) -> list[dict]:
+    """Train-on-synthetic of every later GAN run against the first, trial by trial on the held-out trials
+    both were scored on (rounds averaged per trial first). Runs on other held-out trials, or evaluated
+    before per-trial correctness was kept (session 22), are skipped with the reason."""
+    from trainers.evaluate import TSTR_DECODERS, evaluated_rounds, mean_correctness
+    from utils.metrics import margin_shortfall
+
+    def trials(run):
+        rounds = [r for r in evaluated_rounds(run["run_dir"]) if "candidates" in r and "test_subject" in r]
+        return (mean_correctness([r["candidates"] for r in rounds]), rounds[0]["test_subject"]) if rounds else ({}, None)
+
+    base, base_subj = trials(runs[0])
+    rows = []
+    for run in runs[1:]:
+        if run["kind"] != "gan":
+            continue
+        other, subj = trials(run)
+        if not base or not other:
+            rows.append({"label": run["label"], "skipped": "no per-trial results (evaluated before session 22: "
+                                                             "run --mode evaluate again)"})
+            continue
+        if subj != base_subj:
+            rows.append({"label": run["label"], "skipped": "scored on other held-out trials than the first run"})
+            continue
+        for key, _, name in TSTR_DECODERS:
+            if key in base and key in other:
+                u = margin_shortfall(other[key], base[key], share=1.0, groups=subj, seed=seed)
+                rows.append({"label": run["label"], "decoder": name, "first": float(base[key].mean()),
+                             "this": float(other[key].mean()), **u})
+    return rows
+
+
+def paired_markdown(rows: list[dict], first: str) -> str:
+    lines = [f"## Train-on-synthetic against the first run ({first}), paired on the same held-out trials", "",
+             "| run | decoder | first run | this run | difference, 95% interval | reading |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['label']} | - | - | - | - | {r['skipped']} |")
+            continue
+        reading = ("higher beyond the noise" if r["lo"] > 0 else "lower beyond the noise" if r["hi"] < 0
+                   else f"within the noise of {r['n']} trials")
+        lines.append(f"| {r['label']} | {r['decoder']} | {r['first']:.3f} | {r['this']:.3f} | "
+                     f"{r['difference']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] | {reading} |")
+    return "\n".join(lines)
+
+
 def compare(run_paths, out: Path) -> dict:
     runs = [read_run(p) for p in run_paths]
     out = Path(out)
@@ -148,12 +198,15 @@ def compare(run_paths, out: Path) -> dict:
     md = table_markdown(runs)
     fig = plot(runs, out / "compare.png")
     text = ["# Run comparison", "", md, ""]
+    paired = paired_differences(runs) if runs[0]["kind"] == "gan" and len(runs) > 1 else []
+    if paired:
+        text += [paired_markdown(paired, runs[0]["label"]), ""]
     if fig:
         text.append("![comparison](compare.png)")
     (out / "compare.md").write_text("\n".join(text) + "\n", encoding="utf-8")
     result = {"runs": [{"label": r["label"], "run_dir": r["run_dir"], "model_name": r["model_name"],
                         "values": {k: {"mean": v[0], "std": v[1]} for k, v in r["values"].items()}} for r in runs],
-              "figure": str(fig) if fig else None}
+              "paired_tstr": paired, "figure": str(fig) if fig else None}
     write_json(out / "compare.json", result)
     return result
 

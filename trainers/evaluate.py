@@ -293,20 +293,35 @@ TSTR_DECODERS = (("cnn", "cnn", "CNN"), ("csp", "csp_lda", "CSP+LDA"), ("band", 
 TARGET_SHARE = 0.8  # the issue's target: 80% of the real-trained decoder's margin over chance
 
 
+def mean_correctness(rounds: list[dict], candidate: str = "gan") -> dict[str, np.ndarray]:
+    """Per decoder (headline key): which held-out trials the decoder trained on `candidate` got right,
+    averaged over rounds. `rounds`: the `candidates` of evaluated rounds over the same held-out trials;
+    a decoder missing from a round (a run evaluated before session 22) is left out."""
+    out = {}
+    for key, dk, _ in TSTR_DECODERS:
+        vals = [c[candidate]["decoding"].get("correct", {}).get(dk) for c in rounds]
+        if all(v is not None for v in vals) and len({len(v) for v in vals}) == 1:
+            out[key] = np.mean(vals, 0)
+    return out
+
+
 def tstr_uncertainty(rounds: list[dict], groups, seed: int) -> dict:
     """Per decoder: the GAN's train-on-synthetic accuracy minus the target bar, with a 95% paired bootstrap
     interval over the held-out trials resampled within each subject (`metrics.margin_shortfall`).
 
-    `rounds`: the `candidates` of one or more evaluated rounds over the same held-out trials. Several rounds
-    are averaged trial by trial first, so the interval is that of the mean over rounds: the generators'
-    seed-to-seed spread averages down, the held-out set's own noise, shared by every round, does not."""
-    out = {}
-    for key, dk, _ in TSTR_DECODERS:
-        gen = [c["gan"]["decoding"].get("correct", {}).get(dk) for c in rounds]
-        real = [c["real"]["decoding"].get("correct", {}).get(dk) for c in rounds]
-        if all(v is not None for v in gen + real) and len({len(v) for v in gen + real}) == 1:
-            out[key] = M.margin_shortfall(np.mean(gen, 0), np.mean(real, 0), TARGET_SHARE, groups=groups, seed=seed)
-    return out
+    Several rounds are averaged trial by trial first (`mean_correctness`), so the interval is that of the
+    mean over rounds: the generators' seed-to-seed spread averages down, the held-out set's own noise, shared
+    by every round, does not."""
+    gen, real = mean_correctness(rounds, "gan"), mean_correctness(rounds, "real")
+    return {key: M.margin_shortfall(gen[key], real[key], TARGET_SHARE, groups=groups, seed=seed)
+            for key in gen if key in real and len(gen[key]) == len(real[key])}
+
+
+def evaluated_rounds(run_dir) -> list[dict]:
+    """The evaluation.json of each round of an evaluated GAN run (one for a single-round run), in order."""
+    run_dir = Path(run_dir)
+    rounds = sorted(run_dir.glob("round-*/evaluation.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    return [json.loads(p.read_text()) for p in (rounds or [run_dir / "evaluation.json"]) if p.is_file()]
 
 
 def headline(result: dict) -> dict:
@@ -565,7 +580,7 @@ def aggregate_rounds(run_dir: Path, heads: list[dict], round_dirs: list[Path]) -
     files = [Path(p) / "evaluation.json" for p in round_dirs]
     if files and all(f.is_file() for f in files):
         results = [json.loads(f.read_text()) for f in files]
-        if all("test_subject" in r for r in results):
+        if all("test_subject" in r and "candidates" in r for r in results):
             unc = tstr_uncertainty([r["candidates"] for r in results], results[0]["test_subject"],
                                    results[0].get("seed", 0) + 400)
             out["tstr_uncertainty"] = unc

@@ -68,3 +68,37 @@ def test_compare_reads_eval_numbers_from_a_training_summary(tmp_path):
     assert cli.main(["--mode", "compare", "--runs", str(run), "--out", str(tmp_path / "o")]) == 0
     res = json.loads((tmp_path / "o" / "compare.json").read_text())
     assert res["runs"][0]["values"]["eval_frechet"] == {"mean": 4.0, "std": 1.0}
+
+
+def _scored_run(root: Path, name: str, cnn_correct: list[int], subjects: list[int]) -> Path:
+    """A single-round GAN run whose evaluation kept which held-out trials each decoder got right."""
+    run = root / "gpt2xcnn" / name
+    run.mkdir(parents=True)
+    write_json(run / "config.json", {"model_name": "gpt2xcnn", "rounds": 1, "representation": "sensor"})
+    acc = sum(cnn_correct) / len(cnn_correct)
+    dec = {"cnn": acc, "correct": {"cnn": cnn_correct, "csp_lda": [1] * len(cnn_correct)}}
+    write_json(run / "evaluation.json", {"headline": {"eval_tstr_cnn": acc}, "test_subject": subjects,
+                                         "candidates": {"gan": {"decoding": dec}}})
+    return run
+
+
+def test_compare_gives_paired_train_on_synthetic_differences_to_the_first_run(tmp_path):
+    subjects = [1] * 40 + [2] * 40
+    base = _scored_run(tmp_path, "base", [1, 0] * 40, subjects)           # 0.50
+    better = _scored_run(tmp_path, "better", [1] * 80, subjects)          # 1.00: right wherever base was, and more
+    same = _scored_run(tmp_path, "same", [0, 1] * 40, subjects)           # 0.50 on other trials
+    elsewhere = _scored_run(tmp_path, "elsewhere", [1] * 80, [3] * 80)    # another subject's held-out trials
+    old = _gan_run(tmp_path, "old", "gpt2xcnn", [head(0.6, 5.0, 0.0)])    # evaluated before per-trial results
+    out = tmp_path / "cmp"
+    assert cli.main(["--mode", "compare", "--runs", *map(str, (base, better, same, elsewhere, old)),
+                     "--out", str(out)]) == 0
+    rows = json.loads((out / "compare.json").read_text())["paired_tstr"]
+    cnn = {r["label"].split()[0]: r for r in rows if r.get("decoder") == "CNN"}
+    assert cnn["better"]["difference"] == 0.5 and cnn["better"]["lo"] > 0.3
+    assert cnn["same"]["difference"] == 0.0 and cnn["same"]["lo"] < 0 < cnn["same"]["hi"]
+    csp = next(r for r in rows if r.get("decoder") == "CSP+LDA" and r["label"].startswith("better"))
+    assert csp["difference"] == 0.0 and csp["lo"] == csp["hi"] == 0.0  # identical correctness: no spread at all
+    skipped = {r["label"].split()[0]: r["skipped"] for r in rows if "skipped" in r}
+    assert "other held-out trials" in skipped["elsewhere"] and "session 22" in skipped["old"]
+    md = (out / "compare.md").read_text()
+    assert "higher beyond the noise" in md and "within the noise of 80 trials" in md
