@@ -7,6 +7,7 @@
     python bench/bench_gan.py diagnose RUN_DIR [--per-class 300]
     python bench/bench_gan.py cnn RUN_DIR [--per-class 1000] [--repeats 3]
     python bench/bench_gan.py transforms RUN_DIR [--repeats 3]
+    python bench/bench_gan.py ceiling RUN_DIR [--repeats 3]
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
 plus the generator update every gan.critic_steps batches) on random trials of the default data
@@ -96,8 +97,19 @@ trials trained on its real or its generated trials (300 per class); and the Fré
 candidate against one half of the held-out trials, mean of 4 draws) with and without the subject envelope.
 An edit that raises train-on-synthetic names an objective worth adding to the generator.
 
+ceiling: could any generator of a given kind meet the CNN target on this pool? The evaluation's CNN is trained
+(--repeats seeds, default 3) on the real pool itself, on its surrogates (phase-randomised: each trial's
+cross-spectrum exact; short-time phase-randomised at 0.25, 0.5 and 1 s frames: each frame's cross-spectrum, and
+so the power time course, exact) and on the run's generated trials (as many per class as the pool holds), and
+scored on the held-out trials against the evaluation's bar (80% of its real-trained CNN's margin). For each:
+mean accuracy, min and max over seeds, and the mean's difference to the bar with the evaluation's paired 95%
+bootstrap interval (`*_minus_bar`, `_lo`, `_hi`; `evaluation_cnn_acc_test` is the evaluation's own real-trained
+CNN, `real_trained_*` the same CNN retrained on the pool with other seeds). A surrogate that misses the bar beyond
+the noise bounds every generator that reproduces no more than it keeps. Where the evaluation's real-trained CNN
+is at chance there is no bar, and `*_minus_bar` reads as the margin over its accuracy.
+
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
-curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json, gan_cnn.json or gan_transforms.json.
+curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json, gan_cnn.json, gan_transforms.json or gan_ceiling.json.
 """
 from __future__ import annotations
 
@@ -631,16 +643,7 @@ def cnn_transfer(args) -> dict:
                         np.mean(rows, 0)):
             out[f"generated_trained_{n}_per_class_{k}"] = float(v)
     out.update(decoder_families(r, b, n_real, seeds))
-    rng = np.random.default_rng(0)
-
-    def shifted(X, m):
-        return np.stack([np.roll(x, rng.integers(-m, m + 1), axis=-1) for x in X])
-
-    q = int(round(0.25 * r.sfreq))
-    surrogates = {"real": lambda X, i: X, "phase_randomised": M.phase_randomize,
-                  "shifted_0.25s": lambda X, i: shifted(X, q), "shifted_1s": lambda X, i: shifted(X, 4 * q),
-                  **{f"stft_phase_randomised_{w}s": (lambda X, i, w=w: stft_phase_randomize(X, i, r.sfreq, w))
-                     for w in (0.25, 0.5, 1.0)}}
+    surrogates = pool_surrogates(r.sfreq)
     sec = int(round(r.sfreq))
     segments = [(a, a + 1) for a in range(r.X_test.shape[-1] // sec)]
     for name, make in surrogates.items():
@@ -659,6 +662,54 @@ def cnn_transfer(args) -> dict:
                 probes.setdefault(k, []).append(fc.accuracy(X, y))
         out[f"{name}_trained_acc_test"] = float(np.mean(accs))
         out.update({f"real_trained_acc_{k}": float(np.mean(v)) for k, v in probes.items()})
+    return out
+
+
+def pool_surrogates(sfreq: float) -> dict:
+    """name -> make(X, seed): the real pool as it is, and surrogates of it (see `cnn` in the docstring)."""
+    from utils import metrics as M
+
+    rng = np.random.default_rng(0)
+
+    def shifted(X, m):
+        return np.stack([np.roll(x, rng.integers(-m, m + 1), axis=-1) for x in X])
+
+    q = int(round(0.25 * sfreq))
+    return {"real": lambda X, i: X, "phase_randomised": M.phase_randomize,
+            "shifted_0.25s": lambda X, i: shifted(X, q), "shifted_1s": lambda X, i: shifted(X, 4 * q),
+            **{f"stft_phase_randomised_{w}s": (lambda X, i, w=w: stft_phase_randomize(X, i, sfreq, w))
+               for w in (0.25, 0.5, 1.0)}}
+
+
+def ceiling(args) -> dict:
+    """How close to the evaluation's CNN bar the real pool, its surrogates and the GAN get, with intervals."""
+    from trainers.evaluate import TARGET_SHARE, Evaluator
+    from trainers.generate import gan_folder, load_generator
+    from utils import metrics as M
+
+    folder = gan_folder(args.run)
+    b = load_generator(folder)
+    ev = Evaluator(b.cfg, "cpu", progress=False)
+    r = ev.real
+    seeds = range(args.repeats or 3)
+    fixed = (ev.fixed_classifier().predict(r.X_test) == r.y_test).astype(float)
+    out = {"run": str(folder), "test_trials": len(r.y_test), "cnn_seeds": len(seeds),
+           "evaluation_cnn_acc_test": float(fixed.mean()), "bar": 0.5 + TARGET_SHARE * (float(fixed.mean()) - 0.5)}
+    n_real = int(np.bincount(r.y_pool).max())
+    sets = {name: (lambda i, make=make: (make(r.X_pool, i), r.y_pool))
+            for name, make in pool_surrogates(r.sfreq).items() if not name.startswith("shifted")}
+    sets["generated"] = lambda i: b.sample(n_real, 1000 + i)  # as many per class as the pool holds
+    for name, draw in sets.items():
+        correct = []
+        for i in seeds:
+            X, y = draw(i)
+            correct.append((ev.fit(X, y, i).predict(r.X_test) == r.y_test).astype(float))
+        u = M.margin_shortfall(np.mean(correct, 0), fixed, TARGET_SHARE, groups=r.subject_test, seed=0)
+        out[f"{name}_trained_acc_test"] = float(np.mean(correct))
+        out[f"{name}_trained_acc_test_min"], out[f"{name}_trained_acc_test_max"] = (
+            float(min(c.mean() for c in correct)), float(max(c.mean() for c in correct)))
+        out.update({f"{name}_minus_bar": u["difference"], f"{name}_minus_bar_lo": u["lo"],
+                    f"{name}_minus_bar_hi": u["hi"]})
     return out
 
 
@@ -955,13 +1006,13 @@ def print_table(res: dict, width: int) -> None:
         print(f"{k:{width}s} {v:.4g}" if isinstance(v, float) else f"{k:{width}s} {v}")
 
 
-RUN_MODES = ("quality", "diagnose", "cnn", "transforms")  # the modes that score one finished GAN run
+RUN_MODES = ("quality", "diagnose", "cnn", "transforms", "ceiling")  # the modes that score one finished GAN run
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("speed", "transfer") + RUN_MODES)
-    p.add_argument("run", nargs="?", help="quality, diagnose, cnn, transforms: GAN run folder")
+    p.add_argument("run", nargs="?", help="quality, diagnose, cnn, transforms, ceiling: GAN run folder")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--subjects", type=int, default=10,
@@ -1014,9 +1065,11 @@ def main(argv=None) -> int:
         import mne
 
         mne.set_log_level("ERROR")
-        args.per_class = args.per_class or {"diagnose": 300, "quality": 150, "cnn": 1000, "transforms": 0}[args.what]
-        res = {"diagnose": diagnose, "quality": quality, "cnn": cnn_transfer, "transforms": transforms}[args.what](args)
-        print_table(res, {"diagnose": 52, "quality": 40, "cnn": 56, "transforms": 52}[args.what])
+        args.per_class = args.per_class or {"diagnose": 300, "quality": 150, "cnn": 1000, "transforms": 0,
+                                            "ceiling": 0}[args.what]
+        res = {"diagnose": diagnose, "quality": quality, "cnn": cnn_transfer, "transforms": transforms,
+               "ceiling": ceiling}[args.what](args)
+        print_table(res, {"diagnose": 52, "quality": 40, "cnn": 56, "transforms": 52, "ceiling": 44}[args.what])
         path = RESULTS / f"gan_{args.what}.json"
     else:
         if not any(s.startswith("data_path=") for s in args.set):
