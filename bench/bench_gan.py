@@ -608,17 +608,23 @@ def csp_decomposition(bundle, sp, per_class: int, seeds=(1000, 1001, 1002)) -> d
                 np.random.default_rng(0).permutation(len(yr)), 2)))}
 
 
+def scored_run(args):
+    """(run folder, its generator bundle, an Evaluator on its target data) for the modes that score one run."""
+    from trainers.evaluate import Evaluator
+    from trainers.generate import gan_folder, load_generator
+
+    folder = gan_folder(args.run)
+    b = load_generator(folder)
+    return folder, b, Evaluator(b.cfg, "cpu", progress=False)
+
+
 def cnn_transfer(args) -> dict:
     """Train-on-synthetic CNN taken apart (see the module docstring)."""
     from sklearn.metrics import roc_auc_score
 
-    from trainers.evaluate import Evaluator
-    from trainers.generate import gan_folder, load_generator
     from utils import metrics as M
 
-    folder = gan_folder(args.run)
-    b = load_generator(folder)
-    ev = Evaluator(b.cfg, "cpu", progress=False)
+    folder, b, ev = scored_run(args)
     r = ev.real
     seeds = range(args.repeats or 3)
 
@@ -683,13 +689,10 @@ def pool_surrogates(sfreq: float) -> dict:
 
 def ceiling(args) -> dict:
     """How close to the evaluation's CNN bar the real pool, its surrogates and the GAN get, with intervals."""
-    from trainers.evaluate import TARGET_SHARE, Evaluator
-    from trainers.generate import gan_folder, load_generator
+    from trainers.evaluate import TARGET_SHARE
     from utils import metrics as M
 
-    folder = gan_folder(args.run)
-    b = load_generator(folder)
-    ev = Evaluator(b.cfg, "cpu", progress=False)
+    folder, b, ev = scored_run(args)
     r = ev.real
     seeds = range(args.repeats or 3)
     fixed = (ev.fixed_classifier().predict(r.X_test) == r.y_test).astype(float)
@@ -745,13 +748,9 @@ def decoder_families(r, b, per_class: int, seeds) -> dict:
 def transforms(args) -> dict:
     """Offline edits of generated trials, scored as train-on-synthetic (see the module docstring)."""
     from bench_classifier import riemann_pipeline
-    from trainers.evaluate import Evaluator
-    from trainers.generate import gan_folder, load_generator
     from utils import metrics as M
 
-    folder = gan_folder(args.run)
-    b = load_generator(folder)
-    ev = Evaluator(b.cfg, "cpu", progress=False)
+    folder, b, ev = scored_run(args)
     r = ev.real
     draw = b.sample_subjects  # scalp trials with their subjects
     Xc, yc, sc = draw(500, 4242)
