@@ -104,7 +104,8 @@ so the power time course, exact) and on the run's generated trials (as many per 
 scored on the held-out trials against the evaluation's bar (80% of its real-trained CNN's margin). For each:
 mean accuracy, min and max over seeds, and the mean's difference to the bar with the evaluation's paired 95%
 bootstrap interval (`*_minus_bar`, `_lo`, `_hi`; `evaluation_cnn_acc_test` is the evaluation's own real-trained
-CNN, `real_trained_*` the same CNN retrained on the pool with other seeds). A surrogate that misses the bar beyond
+reference, `evaluation.reference_seeds` CNNs averaged per trial, `real_trained_*` the same CNN retrained on the
+pool with other seeds). A surrogate that misses the bar beyond
 the noise bounds every generator that reproduces no more than it keeps. Where the evaluation's real-trained CNN
 is at chance there is no bar, and `*_minus_bar` reads as the margin over its accuracy.
 
@@ -689,13 +690,14 @@ def pool_surrogates(sfreq: float) -> dict:
 
 def ceiling(args) -> dict:
     """How close to the evaluation's CNN bar the real pool, its surrogates and the GAN get, with intervals."""
-    from trainers.evaluate import TARGET_SHARE
+    from trainers.evaluate import TARGET_SHARE, cached_references
     from utils import metrics as M
 
     folder, b, ev = scored_run(args)
     r = ev.real
     seeds = range(args.repeats or 3)
-    fixed = (ev.fixed_classifier().predict(r.X_test) == r.y_test).astype(float)
+    # The evaluation's own train-on-real CNN reference (evaluation.reference_seeds CNNs, per trial).
+    fixed = np.asarray(cached_references(ev)["real"]["decoding"]["correct"]["cnn"], float)
     out = {"run": str(folder), "test_trials": len(r.y_test), "cnn_seeds": len(seeds),
            "evaluation_cnn_acc_test": float(fixed.mean()), "bar": 0.5 + TARGET_SHARE * (float(fixed.mean()) - 0.5)}
     n_real = int(np.bincount(r.y_pool).max())

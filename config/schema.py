@@ -315,6 +315,8 @@ SCHEMA: dict[str, Any] = {
                              choices=("eegnet", "shallow", "stft"), nullable=True),
         "fd_dims": _int(32, "Frechet distance: leading principal components of the classifier features", lo=1),
         "csp_components": _int(6, "CSP filters of the CSP+LDA decoder", lo=2),
+        "reference_seeds": _int(3, "CNNs (seeds seed, seed+1, ...) trained on the real pool for the train-on-real "
+                                   "reference: their accuracy, averaged per held-out trial, sets the target bar", lo=1),
         "figures": _bool(True, "render the report figures"),
     },
 }

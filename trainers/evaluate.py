@@ -39,7 +39,7 @@ CANDIDATES = ("gan", "phase_random", "real")
 # Evaluation settings; `cfg["evaluation"]` overrides them (see config/schema.py).
 DEFAULTS = {"n_per_class": None, "augment_trials": [5, 10, 20], "augment_seeds": 3, "augment_per_class": 40,
             "classifier_steps": 100, "classifier_batch": 32, "classifier_lr": 0.003, "architecture": None, "fd_dims": 32,
-            "csp_components": 6, "figures": True}
+            "csp_components": 6, "reference_seeds": 3, "figures": True}
 CACHE_VERSION = 3  # 2: band-power LDA in the decoding references; 3: per-trial correctness (intervals)
 
 
@@ -153,6 +153,23 @@ class Evaluator:
         out["correct"] = {k: c.tolist() for k, c in correct.items()}
         return out
 
+    def real_trained_decoding(self) -> dict:
+        """TRTR: `decoding` of the real pool, its CNN part averaged over `reference_seeds` CNNs (the fixed
+        classifier and seeds seed+1, ...) trial by trial. One short CNN training is a noisy yardstick: on
+        S006-S010 four seeds scored 0.627-0.693 on run 12 (bench/RESULTS.md, session 22), and the target bar
+        moves with it."""
+        r = self.real
+        out = self.decoding(r.X_pool, r.y_pool, self.seed, clf=self.fixed_classifier())
+        runs = [np.asarray(out["correct"]["cnn"], float)]
+        runs += [(self.fit(r.X_pool, r.y_pool, self.seed + i).predict(r.X_test) == r.y_test).astype(float)
+                 for i in range(1, self.s["reference_seeds"])]
+        correct = np.mean(runs, 0)
+        out["cnn"] = float(correct.mean())
+        out["ci95"]["cnn"] = list(M.wilson_interval(int(round(correct.sum())), len(correct)))
+        out["correct"]["cnn"] = correct.tolist()
+        out["cnn_per_seed"] = [float(c.mean()) for c in runs]
+        return out
+
     def augmentation(self, extra_fn, desc: str) -> dict:
         """Accuracy on held-out trials when k real trials per class (+ extra trials) train the classifier.
 
@@ -197,7 +214,7 @@ class Evaluator:
         phase_dist = M.phase_randomize(Xp, self.seed + 12)
         phase_pool = M.phase_randomize(r.X_pool, self.seed + 13)
         steps = tqdm(total=5, desc="evaluation references", disable=not self.progress, leave=False)
-        trtr = self.decoding(r.X_pool, r.y_pool, self.seed, clf=self.fixed_classifier())
+        trtr = self.real_trained_decoding()
         steps.update()
         out = {"real": {"distribution": self.distribution(r.X_a, r.y_a), "decoding": trtr}}
         steps.update()

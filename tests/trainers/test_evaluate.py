@@ -81,6 +81,8 @@ def test_evaluate_round_writes_report_figures_and_headline(make_cfg, tmp_path):
     real_cnn = res["candidates"]["real"]["decoding"]
     assert len(real_cnn["correct"]["cnn"]) == res["n_test"]
     assert np.mean(real_cnn["correct"]["cnn"]) == pytest.approx(real_cnn["cnn"])
+    # The train-on-real CNN reference is the mean of evaluation.reference_seeds (default 3) trained CNNs.
+    assert len(real_cnn["cnn_per_seed"]) == 3 and real_cnn["cnn"] == pytest.approx(np.mean(real_cnn["cnn_per_seed"]))
     gan_dec = res["candidates"]["gan"]["decoding"]
     u = res["tstr_uncertainty"]["cnn"]  # the bootstrap's point value is the plain accuracy difference to the bar
     assert u["difference"] == pytest.approx(gan_dec["cnn"] - (0.5 + 0.8 * (real_cnn["cnn"] - 0.5)))
