@@ -8,6 +8,7 @@
     python bench/bench_gan.py cnn RUN_DIR [--per-class 1000] [--repeats 3]
     python bench/bench_gan.py transforms RUN_DIR [--repeats 3]
     python bench/bench_gan.py ceiling RUN_DIR [--repeats 3]
+    python bench/bench_gan.py condense RUN_DIR [--repeats 3] [--iters 400] [--resets 3,10,20,100] [--lr 0.01]
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
 plus the generator update every gan.critic_steps batches) on random trials of the default data
@@ -109,8 +110,17 @@ pool with other seeds). A surrogate that misses the bar beyond
 the noise bounds every generator that reproduces no more than it keeps. Where the evaluation's real-trained CNN
 is at chance there is no bar, and `*_minus_bar` reads as the margin over its accuracy.
 
+condense: how far the generator's gradient-matching objective (gan.grad_match_weight,
+trainers/gradient_matching.py) can take a decoder when nothing constrains the trials. The run's generated trials
+(as many per class as the pool holds) are made free tensors and moved by Adam (--lr, --iters steps) to match the
+probe CNN's gradient on the real pool, for each probe restart period in --resets, as dataset condensation by
+gradient matching does (Zhao et al. 2021); the evaluation's CNN trained on the result (--repeats seeds) is
+scored against the bar as in `ceiling`, with the nearest-neighbour distance ratio of the condensed trials (are
+they copies of the pool?). What this reaches bounds what the term can give a generator; what the generator
+reaches below it is the generator's constraint.
+
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
-curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json, gan_cnn.json, gan_transforms.json or gan_ceiling.json.
+curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json, gan_cnn.json, gan_transforms.json, gan_ceiling.json or gan_condense.json.
 """
 from __future__ import annotations
 
@@ -688,33 +698,81 @@ def pool_surrogates(sfreq: float) -> dict:
                for w in (0.25, 0.5, 1.0)}}
 
 
-def ceiling(args) -> dict:
-    """How close to the evaluation's CNN bar the real pool, its surrogates and the GAN get, with intervals."""
+def _cnn_bar(args, ev):
+    """(CNN seeds, the evaluation's own train-on-real CNN correctness per held-out trial, summary dict)."""
     from trainers.evaluate import TARGET_SHARE, cached_references
+
+    fixed = np.asarray(cached_references(ev)["real"]["decoding"]["correct"]["cnn"], float)
+    seeds = range(args.repeats or 3)
+    return seeds, fixed, {"test_trials": len(ev.real.y_test), "cnn_seeds": len(seeds),
+                          "evaluation_cnn_acc_test": float(fixed.mean()),
+                          "bar": 0.5 + TARGET_SHARE * (float(fixed.mean()) - 0.5)}
+
+
+def _score_against_bar(ev, name: str, draw, seeds, fixed) -> dict:
+    """The evaluation's CNN trained on draw(i) for each seed i, scored on the held-out trials: mean, min, max
+    and the mean's difference to the bar with the evaluation's paired 95% bootstrap interval."""
+    from trainers.evaluate import TARGET_SHARE
     from utils import metrics as M
 
+    r = ev.real
+    correct = []
+    for i in seeds:
+        X, y = draw(i)
+        correct.append((ev.fit(X, y, i).predict(r.X_test) == r.y_test).astype(float))
+    u = M.margin_shortfall(np.mean(correct, 0), fixed, TARGET_SHARE, groups=r.subject_test, seed=0)
+    return {f"{name}_trained_acc_test": float(np.mean(correct)),
+            f"{name}_trained_acc_test_min": float(min(c.mean() for c in correct)),
+            f"{name}_trained_acc_test_max": float(max(c.mean() for c in correct)),
+            f"{name}_minus_bar": u["difference"], f"{name}_minus_bar_lo": u["lo"], f"{name}_minus_bar_hi": u["hi"]}
+
+
+def ceiling(args) -> dict:
+    """How close to the evaluation's CNN bar the real pool, its surrogates and the GAN get, with intervals."""
     folder, b, ev = scored_run(args)
     r = ev.real
-    seeds = range(args.repeats or 3)
-    # The evaluation's own train-on-real CNN reference (evaluation.reference_seeds CNNs, per trial).
-    fixed = np.asarray(cached_references(ev)["real"]["decoding"]["correct"]["cnn"], float)
-    out = {"run": str(folder), "test_trials": len(r.y_test), "cnn_seeds": len(seeds),
-           "evaluation_cnn_acc_test": float(fixed.mean()), "bar": 0.5 + TARGET_SHARE * (float(fixed.mean()) - 0.5)}
+    seeds, fixed, head = _cnn_bar(args, ev)
+    out = {"run": str(folder), **head}
     n_real = int(np.bincount(r.y_pool).max())
     sets = {name: (lambda i, make=make: (make(r.X_pool, i), r.y_pool))
             for name, make in pool_surrogates(r.sfreq).items() if not name.startswith("shifted")}
     sets["generated"] = lambda i: b.sample(n_real, 1000 + i)  # as many per class as the pool holds
     for name, draw in sets.items():
-        correct = []
-        for i in seeds:
-            X, y = draw(i)
-            correct.append((ev.fit(X, y, i).predict(r.X_test) == r.y_test).astype(float))
-        u = M.margin_shortfall(np.mean(correct, 0), fixed, TARGET_SHARE, groups=r.subject_test, seed=0)
-        out[f"{name}_trained_acc_test"] = float(np.mean(correct))
-        out[f"{name}_trained_acc_test_min"], out[f"{name}_trained_acc_test_max"] = (
-            float(min(c.mean() for c in correct)), float(max(c.mean() for c in correct)))
-        out.update({f"{name}_minus_bar": u["difference"], f"{name}_minus_bar_lo": u["lo"],
-                    f"{name}_minus_bar_hi": u["hi"]})
+        out.update(_score_against_bar(ev, name, draw, seeds, fixed))
+    return out
+
+
+def condense(args) -> dict:
+    """Gradient matching on free trials: how far the generator's gradient-matching objective can take a CNN."""
+    from tqdm import tqdm
+
+    from trainers.gradient_matching import GradientMatching
+    from utils import metrics as M
+
+    folder, b, ev = scored_run(args)
+    r = ev.real
+    seeds, fixed, head = _cnn_bar(args, ev)
+    std = b.standardizer
+    n_real = int(np.bincount(r.y_pool).max())
+    X0, y0 = b.sample(n_real, 1000)  # the start: generated trials, as many per class as the pool holds
+    out = {"run": str(folder), **head, "iterations": args.iters, "trials": len(y0)}
+    out.update(_score_against_bar(ev, "generated", lambda i: (X0, y0), seeds, fixed))
+    Xr = torch.from_numpy(std.transform(r.X_pool)).float()
+    yr, yS = torch.from_numpy(r.y_pool).long(), torch.from_numpy(y0).long()
+    for reset in args.resets:
+        torch.manual_seed(0)
+        S = torch.from_numpy(std.transform(X0)).float().requires_grad_(True)
+        opt = torch.optim.Adam([S], lr=args.lr)
+        matcher = GradientMatching(Xr, yr, r.sfreq, r.ch_names, ev.s["architecture"], seed=0, reset_every=reset)
+        for _ in tqdm(range(args.iters), desc=f"condense reset {reset}", disable=args.quiet):
+            dist, _ = matcher.loss(S, yS)
+            opt.zero_grad(set_to_none=True)
+            dist.backward()
+            opt.step()
+        X = std.inverse(S.detach().numpy())
+        name = f"condensed_reset{reset}"
+        out.update(_score_against_bar(ev, name, lambda i, X=X: (X, y0), seeds, fixed))
+        out[f"{name}_nn_ratio"] = M.nn_distance_ratio(X, r.X_pool, r.X_b)["nn_ratio"]
     return out
 
 
@@ -1007,7 +1065,7 @@ def print_table(res: dict, width: int) -> None:
         print(f"{k:{width}s} {v:.4g}" if isinstance(v, float) else f"{k:{width}s} {v}")
 
 
-RUN_MODES = ("quality", "diagnose", "cnn", "transforms", "ceiling")  # the modes that score one finished GAN run
+RUN_MODES = ("quality", "diagnose", "cnn", "transforms", "ceiling", "condense")  # the modes that score one finished GAN run
 
 
 def main(argv=None) -> int:
@@ -1040,6 +1098,10 @@ def main(argv=None) -> int:
                    help="quality: also average CNN and CSP train-on-synthetic over N generated sets and seeds")
     p.add_argument("--per-class", type=int, default=None,
                    help="quality --repeats: generated trials per class (150); diagnose: (300); cnn: (1000)")
+    p.add_argument("--iters", type=int, default=400, help="condense: gradient-matching steps on the free trials")
+    p.add_argument("--resets", type=lambda v: [int(x) for x in v.split(",")], default=[3, 10, 20, 100],
+                   help="condense: probe restart periods to try, comma-separated (gan.grad_match_reset)")
+    p.add_argument("--lr", type=float, default=0.01, help="condense: Adam rate on the trials (standardized units)")
     p.add_argument("--band-per-class", type=int, default=1000,
                    help="quality: generated trials per class for the *_n band-power and lateralisation numbers")
     args = p.parse_args(argv)
@@ -1067,10 +1129,11 @@ def main(argv=None) -> int:
 
         mne.set_log_level("ERROR")
         args.per_class = args.per_class or {"diagnose": 300, "quality": 150, "cnn": 1000, "transforms": 0,
-                                            "ceiling": 0}[args.what]
+                                            "ceiling": 0, "condense": 0}[args.what]
         res = {"diagnose": diagnose, "quality": quality, "cnn": cnn_transfer, "transforms": transforms,
-               "ceiling": ceiling}[args.what](args)
-        print_table(res, {"diagnose": 52, "quality": 40, "cnn": 56, "transforms": 52, "ceiling": 44}[args.what])
+               "ceiling": ceiling, "condense": condense}[args.what](args)
+        print_table(res, {"diagnose": 52, "quality": 40, "cnn": 56, "transforms": 52, "ceiling": 44,
+                          "condense": 44}[args.what])
         path = RESULTS / f"gan_{args.what}.json"
     else:
         if not any(s.startswith("data_path=") for s in args.set):

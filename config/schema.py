@@ -237,6 +237,15 @@ SCHEMA: dict[str, Any] = {
         "trial_cov_form": _str("kl", "how gan.trial_cov_weight compares the covariances: kl (Gaussian KL divergence "
                                "per dimension, every direction weighed by its own variance) or frobenius (squared "
                                "error, the session-7 form)", choices=("kl", "frobenius")),
+        "grad_match_weight": _float(0.0, "gradient matching: a probe CNN of the evaluation's architecture, trained "
+                                    "on real training trials and restarted every gan.grad_match_reset steps, should "
+                                    "get the same cross-entropy gradient (per filter, by cosine) from generated "
+                                    "trials as from real ones, so a decoder learns the same from both (0: off)", lo=0),
+        "grad_match_batch": _int(128, "generated trials rendered for the gradient-matching term at each generator "
+                                 "step (the cosine of a small batch's gradient with the real one is mostly "
+                                 "sampling noise)", lo=2),
+        "grad_match_reset": _int(20, "generator steps between restarts of the gradient-matching probe CNN (the "
+                                 "length of the training run whose gradients are matched)", lo=1),
         "band_cls_weight": _float(0.0, "cross-entropy of generated trials under a logistic regression fitted on "
                                   "real training trials' log band power (per-trial class signal)", lo=0),
         "gain_spread": _float(0.5, "initial trial-to-trial spread of the generator's per-trial channel gains, as a "

@@ -748,6 +748,15 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     base_lr = [(opt, opt.param_groups[0]["lr"]) for opt in (opt_g, opt_d)]  # before a resume loads the last rates
     # targets hold the contrast EMA, so they are saved with the networks for an exact resume.
     models, optims = {"generator": G, "critic": D, "targets": targets}, {"generator": opt_g, "critic": opt_d}
+    if g_cfg["grad_match_weight"] > 0:
+        from trainers.evaluate import settings as eval_settings
+        from trainers.gradient_matching import GradientMatching
+
+        matcher = GradientMatching(Xtr, ytr, train.sfreq, train.ch_names, eval_settings(cfg)["architecture"], seed,
+                                   reset_every=g_cfg["grad_match_reset"]).to(device)
+        models["grad_match"], optims["grad_match"] = matcher, matcher.optimizer
+        extra_loss = _with_grad_match(extra_loss, matcher, g_cfg["grad_match_weight"], G, g_cfg["grad_match_batch"],
+                                      s_tr is not None, device)
     # gan.generator_ema: an exponential moving average of the generator's weights is what the run
     # keeps. The contrast term's error signal is a moving average of past batches, so under Adam the
     # class statistics circle their target instead of settling on it: on S006-S010 the training-time
@@ -1093,6 +1102,27 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
                **({"subject_moment_loss": terms["subject_moment"].item(),
                    "subject_contrast_loss": terms["subject_contrast"].item()} if s_tr is not None else {}))
     return out
+
+
+def _with_grad_match(extra_loss, matcher, weight: float, G, n: int, subjects: bool, device):
+    """extra_loss plus weight * the gradient-matching term (trainers/gradient_matching.py) on n trials rendered
+    for it (gan.grad_match_batch; the cosine of a 32-trial gradient with the real one is mostly sampling
+    noise). Every DDP rank renders all n from the shared RNG and computes the same term, so the averaged
+    gradient is the one-process gradient."""
+    def loss(fake: torch.Tensor, y: torch.Tensor):
+        gen = dist.unwrap(G)  # a second forward pass outside the DDP wrapper; its gradients sum into the same weights
+        n_pairs = -(-n // 2)
+        z = gen.sample_noise(n_pairs).repeat_interleave(2, dim=0)
+        y_gm = torch.arange(2).repeat(n_pairs).to(device)
+        s = gen.sample_subjects(n_pairs).repeat_interleave(2).to(device) if subjects else None
+        gm, out = matcher.loss(gen(z.to(device), y_gm, *(() if s is None else (s,))), y_gm)
+        total = weight * gm
+        if extra_loss is not None:
+            extra, metrics = extra_loss(fake, y)
+            total, out = total + extra, {**out, **metrics}
+        return total, out
+
+    return loss
 
 
 def _evaluate(round_dir: Path, cfg: dict, device) -> dict:

@@ -34,7 +34,9 @@ def gan_args(data_path, cache_dir, out, *extra):
     # the spectral class path (its class gains, GPT-2 seeing no class) and the generator's weight
     # average, whose buffers every rank must update alike
     ["gan.class_effect=spectral", "gan.generator_ema=0.9"],
-], ids=["default", "spectral-ema"])
+    # gradient matching: trials rendered outside the DDP wrapper, a probe CNN trained on every rank
+    ["gan.grad_match_weight=1", "gan.grad_match_batch=8", "gan.grad_match_reset=2"],
+], ids=["default", "spectral-ema", "grad-match"])
 def test_two_process_gan_matches_single_process(data_path, cache_dir, tmp_path, variant):
     dump = tmp_path / "dump"
     dump.mkdir()

@@ -54,16 +54,16 @@ def test_pretrain_on_executed_runs_writes_a_complete_run_folder(make_cfg, tmp_pa
     assert summary["calibration_gain_db_mean_abs"] > 0  # gan.calibrate "class" ran after training
 
 
-@pytest.mark.parametrize("ema", ["0", "0.9"])
-def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path, ema):
+@pytest.mark.parametrize("option", ["gan.generator_ema=0", "gan.generator_ema=0.9", "gan.grad_match_weight=1"])
+def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path, option):
     from safetensors.torch import load_file
 
-    _, a = run(make_cfg, tmp_path / "a", "gan.figure_every=10", f"gan.generator_ema={ema}")
+    _, a = run(make_cfg, tmp_path / "a", "gan.figure_every=10", option)
     wa = load_file(str(a / "generator.safetensors"))
     # A separate 1-epoch run continued to 2 epochs with --resume ends bit-identical to the straight
     # 2-epoch run: the seed fixes everything and the checkpoint carries every RNG state (and the
-    # generator's weight average, gan.generator_ema).
-    _, c = run(make_cfg, tmp_path / "c", "gan.figure_every=10", "epochs=1", f"gan.generator_ema={ema}")
+    # generator's weight average, gan.generator_ema; and the gradient-matching probe and its optimiser).
+    _, c = run(make_cfg, tmp_path / "c", "gan.figure_every=10", "epochs=1", option)
     (c / "round_summary.json").unlink()  # as if the run had stopped after its epoch-1 checkpoint
     assert main.main(["--mode", "training", "--resume", str(c), "--set", "epochs=2"]) == 0
     wc = load_file(str(c / "generator.safetensors"))
@@ -72,6 +72,7 @@ def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path, e
     assert all(torch.equal(da[k], dc[k]) for k in da)
     rows = [json.loads(ln) for ln in (c / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r.get("grad_match_loss", 0) > 0 for r in rows) == ("grad_match" in option)
 
 
 def test_generator_ema_keeps_the_averaged_weights(make_cfg, tmp_path):

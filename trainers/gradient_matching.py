@@ -1,0 +1,97 @@
+"""Gradient matching: a decoder should learn the same thing from generated trials as from real ones.
+
+A generator-loss term after dataset condensation by gradient matching (Zhao, Mopuri & Bilen, ICLR 2021):
+a probe CNN of the evaluation's architecture takes a gradient step on a real training batch, and the
+generator is asked to produce trials on which the same CNN's cross-entropy gradient points the same
+way, layer by layer and filter by filter (1 - cosine per output unit). If that holds all along a
+training run, a CNN trained on generated trials follows the run of one trained on real trials, which is
+what the train-on-synthetic target measures. The class statistics the other terms match are batch
+means and spreads; what a CNN learns from is the joint distribution of its own features and the labels,
+and on S006-S010 matching statistics left the generated-trained CNN at chance (bench/RESULTS.md).
+
+The probe trains on real training trials only (never on held-out ones) and restarts from a fresh
+initialisation every `reset_every` matching steps, so the generator sees gradients from the start of a
+training run to its end, as a decoder trained on its trials would.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import build_classifier
+
+
+def layer_distance(g_real: torch.Tensor, g_fake: torch.Tensor) -> torch.Tensor:
+    """Mean over output units of 1 - cos(real, generated gradient) of one weight tensor (out, ...)."""
+    a, b = g_real.flatten(1), g_fake.flatten(1)
+    return (1 - F.cosine_similarity(a, b, dim=1, eps=1e-12)).mean()
+
+
+class GradientMatching(nn.Module):
+    """The gradient-matching term over real training trials X (generator units), labels y.
+
+    Its state (probe weights, the probe optimiser's moments, the step counter) is saved with the GAN's
+    training state, so a resumed run repeats the same probe trajectory.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, ch_names, architecture: str, seed: int,
+                 reset_every: int = 20, lr: float = 0.003, batch_size: int = 32, real_batch: int = 256):
+        super().__init__()
+        self.X, self.y = X, y
+        self.architecture, self.sfreq, self.ch_names = architecture, float(sfreq), list(ch_names)
+        self.seed, self.reset_every = int(seed), int(reset_every)
+        self.batch_size, self.real_batch = int(min(batch_size, len(y))), int(min(real_batch, len(y)))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # No dropout: its masks would make the two gradients differ for reasons that are not the data.
+        self.probe = self._fresh(0)
+        self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=lr)
+
+    def _fresh(self, restart: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1009 + restart)
+            return build_classifier(self.architecture, self.X.shape[1], self.X.shape[2], self.sfreq,
+                                    self.ch_names, n_outputs=2, dropout=0.0)
+
+    def _restart(self, restart: int) -> None:
+        device = next(self.probe.parameters()).device
+        self.probe.load_state_dict(self._fresh(restart).state_dict())
+        self.probe.to(device)
+        self.optimizer.state.clear()
+
+    def _real_batch(self, n: int, salt: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        # A pure function of the step: a resumed run draws the same batches.
+        g = torch.Generator().manual_seed(self.seed * 7919 + int(self.step) * 2 + salt)
+        idx = torch.randperm(len(self.y), generator=g)[:n]
+        return self.X[idx].to(device), self.y[idx].to(device)
+
+    def loss(self, fake: torch.Tensor, y_fake: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The matching distance on this generated batch (differentiable in `fake`); then one probe step."""
+        step = int(self.step)
+        if step > 0 and step % self.reset_every == 0:
+            self._restart(step // self.reset_every)
+        probe = self.probe.train()
+        names, params = zip(*probe.named_parameters())
+        matched = [i for i, p in enumerate(params) if p.dim() > 1]  # weights; biases and norms carry no direction
+        # The target: the gradient over up to real_batch training trials. A 32-trial gradient is mostly
+        # sampling noise (1 - cos of two such batches ~0.75 per filter on S006-S010).
+        real, y_real = self._real_batch(self.real_batch, 0, fake.device)
+        g_real = torch.autograd.grad(F.cross_entropy(probe(real), y_real), [params[i] for i in matched])
+        # The generated batch goes through copies of the weights: the probe's own step below changes
+        # them in place before the generator's backward pass runs through this graph.
+        copies = {n: p.detach().clone().requires_grad_(True) for n, p in zip(names, params)}
+        # Buffers too: batch norm's running statistics follow the real trials only.
+        buffers = {n: b.clone() for n, b in probe.named_buffers()}
+        logits = torch.func.functional_call(probe, {**copies, **buffers}, (fake,))
+        g_fake = torch.autograd.grad(F.cross_entropy(logits, y_fake), [copies[names[i]] for i in matched],
+                                     create_graph=True)
+        dist = torch.stack([layer_distance(gr.detach(), gf) for gr, gf in zip(g_real, g_fake)]).mean()
+        # The probe learns from real trials only, in batches like a decoder's, after the generated batch's
+        # graph has been built on copies of its weights.
+        real, y_real = self._real_batch(self.batch_size, 1, fake.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(probe(real), y_real).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return dist, {"grad_match_loss": dist.item()}
