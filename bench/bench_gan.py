@@ -116,7 +116,9 @@ trainers/gradient_matching.py) can take a decoder when nothing constrains the tr
 probe CNN's gradient on the real pool, for each probe restart period in --resets, as dataset condensation by
 gradient matching does (Zhao et al. 2021); the evaluation's CNN trained on the result (--repeats seeds) is
 scored against the bar as in `ceiling`, with the nearest-neighbour distance ratio of the condensed trials (are
-they copies of the pool?). What this reaches bounds what the term can give a generator; what the generator
+they copies of the pool?). `match_distance_*`: the term's distance for sets as large as the held-out run, along a
+probe trajectory of 100 steps restarted every 20: the held-out trials (the level sampling noise alone leaves an
+independent real sample), fresh generated sets, and random subsets of the pool. What this reaches bounds what the term can give a generator; what the generator
 reaches below it is the generator's constraint.
 
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
@@ -759,6 +761,7 @@ def condense(args) -> dict:
     out.update(_score_against_bar(ev, "generated", lambda i: (X0, y0), seeds, fixed))
     Xr = torch.from_numpy(std.transform(r.X_pool)).float()
     yr, yS = torch.from_numpy(r.y_pool).long(), torch.from_numpy(y0).long()
+    out.update(_matching_floor(b, r, Xr, yr, ev.s["architecture"], reset=20, steps=100))
     for reset in args.resets:
         torch.manual_seed(0)
         S = torch.from_numpy(std.transform(X0)).float().requires_grad_(True)
@@ -774,6 +777,28 @@ def condense(args) -> dict:
         out.update(_score_against_bar(ev, name, lambda i, X=X: (X, y0), seeds, fixed))
         out[f"{name}_nn_ratio"] = M.nn_distance_ratio(X, r.X_pool, r.X_b)["nn_ratio"]
     return out
+
+
+def _matching_floor(b, r, Xr, yr, architecture: str, reset: int, steps: int) -> dict:
+    """The gradient-matching distance (to the real pool's gradient) of sets as large as the held-out run, along
+    `steps` probe steps restarted every `reset`: the held-out trials (an independent real sample: the level
+    sampling noise alone leaves), fresh generated sets, and random subsets of the pool itself."""
+    from trainers.gradient_matching import GradientMatching
+
+    std, n = b.standardizer, len(r.y_test)
+    t = lambda X: torch.from_numpy(std.transform(X)).float()  # noqa: E731
+    matcher = GradientMatching(Xr, yr, r.sfreq, r.ch_names, architecture, seed=0, reset_every=reset)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(steps):
+        Xg, yg = b.sample(-(-n // 2), 2000 + i)
+        sub = rng.choice(len(yr), n, replace=False)
+        rows.append([matcher.distance(t(X), torch.from_numpy(np.asarray(y)).long(), create_graph=False).item()
+                     for X, y in ((r.X_test, r.y_test), (Xg, yg), (r.X_pool[sub], r.y_pool[sub]))])
+        matcher.step_probe()
+    m = np.mean(rows, 0)
+    return {"match_distance_heldout": float(m[0]), "match_distance_generated": float(m[1]),
+            "match_distance_pool_subset": float(m[2]), "match_distance_set_size": n}
 
 
 def decoder_families(r, b, per_class: int, seeds) -> dict:

@@ -43,6 +43,7 @@ class GradientMatching(nn.Module):
         self.seed, self.reset_every = int(seed), int(reset_every)
         self.batch_size, self.real_batch = int(min(batch_size, len(y))), int(min(real_batch, len(y)))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._restarted = 0  # the step at which the probe last restarted (distance() may run twice a step)
         # No dropout: its masks would make the two gradients differ for reasons that are not the data.
         self.probe = self._fresh(0)
         self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=lr)
@@ -65,33 +66,41 @@ class GradientMatching(nn.Module):
         idx = torch.randperm(len(self.y), generator=g)[:n]
         return self.X[idx].to(device), self.y[idx].to(device)
 
-    def loss(self, fake: torch.Tensor, y_fake: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The matching distance on this generated batch (differentiable in `fake`); then one probe step."""
+    def distance(self, x: torch.Tensor, y: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
+        """Mean over the probe's weight tensors of layer_distance between its gradient on the real training
+        trials and on (x, y), at the probe's current weights (differentiable in x with create_graph)."""
         step = int(self.step)
-        if step > 0 and step % self.reset_every == 0:
+        if step > 0 and step % self.reset_every == 0 and self._restarted != step:
             self._restart(step // self.reset_every)
+            self._restarted = step
         probe = self.probe.train()
         names, params = zip(*probe.named_parameters())
         matched = [i for i, p in enumerate(params) if p.dim() > 1]  # weights; biases and norms carry no direction
         # The target: the gradient over up to real_batch training trials. A 32-trial gradient is mostly
         # sampling noise (1 - cos of two such batches ~0.75 per filter on S006-S010).
-        real, y_real = self._real_batch(self.real_batch, 0, fake.device)
+        real, y_real = self._real_batch(self.real_batch, 0, x.device)
         g_real = torch.autograd.grad(F.cross_entropy(probe(real), y_real), [params[i] for i in matched])
-        # The generated batch goes through copies of the weights: the probe's own step below changes
-        # them in place before the generator's backward pass runs through this graph.
+        # x goes through copies of the weights: the probe's own step changes them in place before the
+        # generator's backward pass runs through this graph.
         copies = {n: p.detach().clone().requires_grad_(True) for n, p in zip(names, params)}
         # Buffers too: batch norm's running statistics follow the real trials only.
         buffers = {n: b.clone() for n, b in probe.named_buffers()}
-        logits = torch.func.functional_call(probe, {**copies, **buffers}, (fake,))
-        g_fake = torch.autograd.grad(F.cross_entropy(logits, y_fake), [copies[names[i]] for i in matched],
-                                     create_graph=True)
-        dist = torch.stack([layer_distance(gr.detach(), gf) for gr, gf in zip(g_real, g_fake)]).mean()
-        # The probe learns from real trials only, in batches like a decoder's, after the generated batch's
-        # graph has been built on copies of its weights.
-        real, y_real = self._real_batch(self.batch_size, 1, fake.device)
+        logits = torch.func.functional_call(probe, {**copies, **buffers}, (x,))
+        g_x = torch.autograd.grad(F.cross_entropy(logits, y), [copies[names[i]] for i in matched],
+                                  create_graph=create_graph)
+        return torch.stack([layer_distance(gr.detach(), g) for gr, g in zip(g_real, g_x)]).mean()
+
+    def step_probe(self) -> None:
+        """One Adam step of the probe on a real training batch (it learns from real trials only)."""
+        real, y_real = self._real_batch(self.batch_size, 1, next(self.probe.parameters()).device)
         self.optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(probe(real), y_real).backward()
+        F.cross_entropy(self.probe.train()(real), y_real).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+
+    def loss(self, fake: torch.Tensor, y_fake: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The matching distance on this generated batch (differentiable in `fake`); then one probe step."""
+        dist = self.distance(fake, y_fake)
+        self.step_probe()
         return dist, {"grad_match_loss": dist.item()}

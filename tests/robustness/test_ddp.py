@@ -70,7 +70,15 @@ def test_two_process_gan_matches_single_process(data_path, cache_dir, tmp_path, 
         saved = load_file(str(runs[0] / f"{name}.safetensors"))
         assert all(torch.equal(two[k], saved[k]) for k in two)  # the run folder holds rank 0's weights
         diff = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
-        if name == "generator":
+        if name == "generator" and "gan.grad_match_weight=1" in variant:
+            # The probe CNN hardly sees a constant offset (its filters feed batch norm, which removes the
+            # batch mean), so the gradient-matching term gives the generator's offset (smooth.bias) a
+            # gradient at float-noise level, which Adam turns into steps of up to +-lr either way (as for
+            # the critic below); every other weight agrees.
+            off = [k for k in one if not torch.allclose(one[k], two[k], rtol=0, atol=1e-4)]
+            assert off in ([], ["smooth.bias"]), off
+            assert (one["smooth.bias"] - two["smooth.bias"]).abs().max() < 4e-3
+        elif name == "generator":
             assert diff.max() < 1e-4, (name, float(diff.max()))
         else:
             # Adam divides by sqrt(v): a parameter whose gradient is ~0 (float noise) moves by up to
