@@ -244,6 +244,9 @@ SCHEMA: dict[str, Any] = {
         "grad_match_batch": _int(128, "generated trials rendered for the gradient-matching term at each generator "
                                  "step (the cosine of a small batch's gradient with the real one is mostly "
                                  "sampling noise)", lo=2),
+        "grad_match_ema": _float(0.0, "decay of a moving average of the generated trials' probe gradient over the "
+                                 "steps since the probe's last restart; the cosine is taken of the average, not of "
+                                 "one batch's noisy gradient (0: one batch)", lo=0, hi=0.999),
         "grad_match_reset": _int(20, "generator steps between restarts of the gradient-matching probe CNN (the "
                                  "length of the training run whose gradients are matched)", lo=1),
         "band_cls_weight": _float(0.0, "cross-entropy of generated trials under a logistic regression fitted on "

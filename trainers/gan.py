@@ -753,7 +753,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
         from trainers.gradient_matching import GradientMatching
 
         matcher = GradientMatching(Xtr, ytr, train.sfreq, train.ch_names, eval_settings(cfg)["architecture"], seed,
-                                   reset_every=g_cfg["grad_match_reset"]).to(device)
+                                   reset_every=g_cfg["grad_match_reset"], ema=g_cfg["grad_match_ema"]).to(device)
         models["grad_match"], optims["grad_match"] = matcher, matcher.optimizer
         extra_loss = _with_grad_match(extra_loss, matcher, g_cfg["grad_match_weight"], G, g_cfg["grad_match_batch"],
                                       s_tr is not None, device)

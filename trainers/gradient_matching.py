@@ -36,7 +36,8 @@ class GradientMatching(nn.Module):
     """
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, sfreq: float, ch_names, architecture: str, seed: int,
-                 reset_every: int = 20, lr: float = 0.003, batch_size: int = 32, real_batch: int = 256):
+                 reset_every: int = 20, lr: float = 0.003, batch_size: int = 32, real_batch: int = 256,
+                 ema: float = 0.0):
         super().__init__()
         self.X, self.y = X, y
         self.architecture, self.sfreq, self.ch_names = architecture, float(sfreq), list(ch_names)
@@ -47,6 +48,13 @@ class GradientMatching(nn.Module):
         # No dropout: its masks would make the two gradients differ for reasons that are not the data.
         self.probe = self._fresh(0)
         self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=lr)
+        # gan.grad_match_ema: the generated gradient is a moving average over steps within one probe run, so the
+        # cosine is taken of (nearly) the expected gradient, not of one batch's noisy estimate; a per-batch
+        # cosine also rewards generated trials that vary little, whose gradients are less noisy.
+        self.ema = float(ema)
+        for i, p in enumerate(self._matched_params()):
+            self.register_buffer(f"ema_{i}", torch.zeros_like(p))
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))  # steps averaged since the restart
 
     def _fresh(self, restart: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
@@ -54,11 +62,20 @@ class GradientMatching(nn.Module):
             return build_classifier(self.architecture, self.X.shape[1], self.X.shape[2], self.sfreq,
                                     self.ch_names, n_outputs=2, dropout=0.0)
 
+    def _ema_buffers(self) -> list:
+        return [b for n, b in self.named_buffers(recurse=False) if n.startswith("ema_") and n != "ema_steps"]
+
+    def _matched_params(self) -> list:
+        return [p for p in self.probe.parameters() if p.dim() > 1]  # weights; biases and norms carry no direction
+
     def _restart(self, restart: int) -> None:
         device = next(self.probe.parameters()).device
         self.probe.load_state_dict(self._fresh(restart).state_dict())
         self.probe.to(device)
         self.optimizer.state.clear()
+        self.ema_steps.zero_()
+        for b in self._ema_buffers():
+            b.zero_()
 
     def _real_batch(self, n: int, salt: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         # A pure function of the step: a resumed run draws the same batches.
@@ -88,6 +105,17 @@ class GradientMatching(nn.Module):
         logits = torch.func.functional_call(probe, {**copies, **buffers}, (x,))
         g_x = torch.autograd.grad(F.cross_entropy(logits, y), [copies[names[i]] for i in matched],
                                   create_graph=create_graph)
+        if self.ema > 0 and create_graph:
+            # The average's last term carries the gradient; the earlier ones are constants. Normalised by the
+            # weight it has accumulated since the restart, so the first steps are not pulled towards 0.
+            k = int(self.ema_steps)
+            norm = 1 - self.ema ** (k + 1)
+            bufs = self._ema_buffers()
+            raw = [self.ema * b + (1 - self.ema) * g for b, g in zip(bufs, g_x)]
+            for b, r in zip(bufs, raw):
+                b.copy_(r.detach())
+            self.ema_steps += 1
+            g_x = [r / norm for r in raw]
         return torch.stack([layer_distance(gr.detach(), g) for gr, g in zip(g_real, g_x)]).mean()
 
     def step_probe(self) -> None:

@@ -54,16 +54,18 @@ def test_pretrain_on_executed_runs_writes_a_complete_run_folder(make_cfg, tmp_pa
     assert summary["calibration_gain_db_mean_abs"] > 0  # gan.calibrate "class" ran after training
 
 
-@pytest.mark.parametrize("option", ["gan.generator_ema=0", "gan.generator_ema=0.9", "gan.grad_match_weight=1"])
+@pytest.mark.parametrize("option", ["gan.generator_ema=0", "gan.generator_ema=0.9",
+                                    "gan.grad_match_weight=1 gan.grad_match_ema=0.5"])
 def test_seeded_cpu_runs_repeat_exactly_and_resume_matches(make_cfg, tmp_path, option):
     from safetensors.torch import load_file
 
-    _, a = run(make_cfg, tmp_path / "a", "gan.figure_every=10", option)
+    options = option.split()
+    _, a = run(make_cfg, tmp_path / "a", "gan.figure_every=10", *options)
     wa = load_file(str(a / "generator.safetensors"))
     # A separate 1-epoch run continued to 2 epochs with --resume ends bit-identical to the straight
     # 2-epoch run: the seed fixes everything and the checkpoint carries every RNG state (and the
     # generator's weight average, gan.generator_ema; and the gradient-matching probe and its optimiser).
-    _, c = run(make_cfg, tmp_path / "c", "gan.figure_every=10", "epochs=1", option)
+    _, c = run(make_cfg, tmp_path / "c", "gan.figure_every=10", "epochs=1", *options)
     (c / "round_summary.json").unlink()  # as if the run had stopped after its epoch-1 checkpoint
     assert main.main(["--mode", "training", "--resume", str(c), "--set", "epochs=2"]) == 0
     wc = load_file(str(c / "generator.safetensors"))

@@ -47,3 +47,18 @@ def test_the_probe_learns_from_real_trials_only_and_restarts_on_schedule():
     fresh = c._fresh(1).state_dict()
     assert not torch.equal(fresh["classifier.weight"], first["classifier.weight"])
     assert int(a.step) == 4
+
+
+def test_the_moving_average_starts_over_when_the_probe_restarts():
+    X, y = pool()
+    one = GradientMatching(X, y, 160.0, CH, "shallow", seed=5, reset_every=2)
+    avg = GradientMatching(X, y, 160.0, CH, "shallow", seed=5, reset_every=2, ema=0.9)
+    g = torch.Generator().manual_seed(1)
+    for step in range(3):
+        fake = torch.randn(X.shape, generator=g)
+        d1, _ = one.loss(fake, y)
+        d2, _ = avg.loss(fake, y)
+        if step == 1:  # the average holds step 0's generated gradient too
+            assert abs(d1.item() - d2.item()) > 1e-3
+        else:  # first step of a probe run (steps 0 and 2): the average is this batch's gradient
+            assert abs(d1.item() - d2.item()) < 1e-5
