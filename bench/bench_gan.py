@@ -116,10 +116,12 @@ trainers/gradient_matching.py) can take a decoder when nothing constrains the tr
 probe CNN's gradient on the real pool, for each probe restart period in --resets, as dataset condensation by
 gradient matching does (Zhao et al. 2021); the evaluation's CNN trained on the result (--repeats seeds) is
 scored against the bar as in `ceiling`, with the nearest-neighbour distance ratio of the condensed trials (are
-they copies of the pool?). `match_distance_*`: the term's distance for sets as large as the held-out run, along a
-probe trajectory of 100 steps restarted every 20: the held-out trials (the level sampling noise alone leaves an
-independent real sample), fresh generated sets, and random subsets of the pool. What this reaches bounds what the term can give a generator; what the generator
-reaches below it is the generator's constraint.
+they copies of the pool?). What this reaches bounds what the term can give a generator; what the generator
+reaches below it is the generator's constraint. `match_distance_*`: the term's distance along a probe trajectory
+of 100 steps restarted every 20, for sets as large as the held-out run (the held-out trials: the level sampling
+noise alone leaves an independent real sample; fresh generated sets; random subsets of the pool) and for
+generated sets 2 and 8 times as large (what stays as they grow is the generator's bias, not noise). `--iters 0`
+gives these distances only.
 
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
 curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json, gan_cnn.json, gan_transforms.json, gan_ceiling.json or gan_condense.json.
@@ -762,7 +764,7 @@ def condense(args) -> dict:
     Xr = torch.from_numpy(std.transform(r.X_pool)).float()
     yr, yS = torch.from_numpy(r.y_pool).long(), torch.from_numpy(y0).long()
     out.update(_matching_floor(b, r, Xr, yr, ev.s["architecture"], reset=20, steps=100))
-    for reset in args.resets:
+    for reset in args.resets if args.iters > 0 else ():  # --iters 0: the distances only
         torch.manual_seed(0)
         S = torch.from_numpy(std.transform(X0)).float().requires_grad_(True)
         opt = torch.optim.Adam([S], lr=args.lr)
@@ -780,25 +782,30 @@ def condense(args) -> dict:
 
 
 def _matching_floor(b, r, Xr, yr, architecture: str, reset: int, steps: int) -> dict:
-    """The gradient-matching distance (to the real pool's gradient) of sets as large as the held-out run, along
-    `steps` probe steps restarted every `reset`: the held-out trials (an independent real sample: the level
-    sampling noise alone leaves), fresh generated sets, and random subsets of the pool itself."""
+    """The gradient-matching distance (to the real pool's gradient) along `steps` probe steps restarted every
+    `reset`, for sets as large as the held-out run: the held-out trials (an independent real sample: the level
+    sampling noise alone leaves), fresh generated sets and random subsets of the pool itself; and for generated
+    sets 2 and 8 times as large (what is left as the sets grow is the generator's own bias, not noise)."""
     from trainers.gradient_matching import GradientMatching
 
     std, n = b.standardizer, len(r.y_test)
     t = lambda X: torch.from_numpy(std.transform(X)).float()  # noqa: E731
     matcher = GradientMatching(Xr, yr, r.sfreq, r.ch_names, architecture, seed=0, reset_every=reset)
     rng = np.random.default_rng(0)
+    sizes = (n, 2 * n, 8 * n)
     rows = []
     for i in range(steps):
-        Xg, yg = b.sample(-(-n // 2), 2000 + i)
         sub = rng.choice(len(yr), n, replace=False)
+        sets = [(r.X_test, r.y_test), (r.X_pool[sub], r.y_pool[sub])]
+        sets += [b.sample(-(-k // 2), 2000 + 10 * i + j) for j, k in enumerate(sizes)]
         rows.append([matcher.distance(t(X), torch.from_numpy(np.asarray(y)).long(), create_graph=False).item()
-                     for X, y in ((r.X_test, r.y_test), (Xg, yg), (r.X_pool[sub], r.y_pool[sub]))])
+                     for X, y in sets])
         matcher.step_probe()
     m = np.mean(rows, 0)
-    return {"match_distance_heldout": float(m[0]), "match_distance_generated": float(m[1]),
-            "match_distance_pool_subset": float(m[2]), "match_distance_set_size": n}
+    out = {"match_distance_heldout": float(m[0]), "match_distance_pool_subset": float(m[1]),
+           "match_distance_set_size": n}
+    out.update({f"match_distance_generated_{k}": float(v) for k, v in zip(sizes, m[2:])})
+    return out
 
 
 def decoder_families(r, b, per_class: int, seeds) -> dict:
