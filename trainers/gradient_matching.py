@@ -47,14 +47,15 @@ class GradientMatching(nn.Module):
         self._restarted = 0  # the step at which the probe last restarted (distance() may run twice a step)
         # No dropout: its masks would make the two gradients differ for reasons that are not the data.
         self.probe = self._fresh(0)
+        # The weights whose gradients are matched; biases and norms carry no direction.
+        self.matched = [n for n, p in self.probe.named_parameters() if p.dim() > 1]
         self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=lr)
         # gan.grad_match_ema: the generated gradient is a moving average over steps within one probe run, so the
         # cosine is taken of (nearly) the expected gradient, not of one batch's noisy estimate; a per-batch
         # cosine also rewards generated trials that vary little, whose gradients are less noisy.
         self.ema = float(ema)
-        for i, p in enumerate(self._matched_params()):
-            self.register_buffer(f"ema_{i}", torch.zeros_like(p))
-        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))  # steps averaged since the restart
+        for i, name in enumerate(self.matched):
+            self.register_buffer(f"ema_{i}", torch.zeros_like(self.probe.get_parameter(name)))
 
     def _fresh(self, restart: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
@@ -63,17 +64,13 @@ class GradientMatching(nn.Module):
                                     self.ch_names, n_outputs=2, dropout=0.0)
 
     def _ema_buffers(self) -> list:
-        return [b for n, b in self.named_buffers(recurse=False) if n.startswith("ema_") and n != "ema_steps"]
-
-    def _matched_params(self) -> list:
-        return [p for p in self.probe.parameters() if p.dim() > 1]  # weights; biases and norms carry no direction
+        return [getattr(self, f"ema_{i}") for i in range(len(self.matched))]
 
     def _restart(self, restart: int) -> None:
         device = next(self.probe.parameters()).device
         self.probe.load_state_dict(self._fresh(restart).state_dict())
         self.probe.to(device)
         self.optimizer.state.clear()
-        self.ema_steps.zero_()
         for b in self._ema_buffers():
             b.zero_()
 
@@ -91,31 +88,25 @@ class GradientMatching(nn.Module):
             self._restart(step // self.reset_every)
             self._restarted = step
         probe = self.probe.train()
-        names, params = zip(*probe.named_parameters())
-        matched = [i for i, p in enumerate(params) if p.dim() > 1]  # weights; biases and norms carry no direction
+        params = dict(probe.named_parameters())
         # The target: the gradient over up to real_batch training trials. A 32-trial gradient is mostly
         # sampling noise (1 - cos of two such batches ~0.75 per filter on S006-S010).
         real, y_real = self._real_batch(self.real_batch, 0, x.device)
-        g_real = torch.autograd.grad(F.cross_entropy(probe(real), y_real), [params[i] for i in matched])
+        g_real = torch.autograd.grad(F.cross_entropy(probe(real), y_real), [params[n] for n in self.matched])
         # x goes through copies of the weights: the probe's own step changes them in place before the
         # generator's backward pass runs through this graph.
-        copies = {n: p.detach().clone().requires_grad_(True) for n, p in zip(names, params)}
+        copies = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
         # Buffers too: batch norm's running statistics follow the real trials only.
         buffers = {n: b.clone() for n, b in probe.named_buffers()}
         logits = torch.func.functional_call(probe, {**copies, **buffers}, (x,))
-        g_x = torch.autograd.grad(F.cross_entropy(logits, y), [copies[names[i]] for i in matched],
+        g_x = torch.autograd.grad(F.cross_entropy(logits, y), [copies[n] for n in self.matched],
                                   create_graph=create_graph)
         if self.ema > 0 and create_graph:
-            # The average's last term carries the gradient; the earlier ones are constants. Normalised by the
-            # weight it has accumulated since the restart, so the first steps are not pulled towards 0.
-            k = int(self.ema_steps)
-            norm = 1 - self.ema ** (k + 1)
-            bufs = self._ema_buffers()
-            raw = [self.ema * b + (1 - self.ema) * g for b, g in zip(bufs, g_x)]
-            for b, r in zip(bufs, raw):
-                b.copy_(r.detach())
-            self.ema_steps += 1
-            g_x = [r / norm for r in raw]
+            # The average's last term carries the gradient; the earlier ones are constants. It starts from zero
+            # at each restart, and the cosine does not care about its overall scale.
+            g_x = [self.ema * b + (1 - self.ema) * g for b, g in zip(self._ema_buffers(), g_x)]
+            for b, g in zip(self._ema_buffers(), g_x):
+                b.copy_(g.detach())
         return torch.stack([layer_distance(gr.detach(), g) for gr, g in zip(g_real, g_x)]).mean()
 
     def step_probe(self) -> None:
