@@ -1111,10 +1111,10 @@ def _with_grad_match(extra_loss, matcher, weight: float, G, n: int, subjects: bo
     gradient is the one-process gradient."""
     def loss(fake: torch.Tensor, y: torch.Tensor):
         gen = dist.unwrap(G)  # a second forward pass outside the DDP wrapper; its gradients sum into the same weights
-        n_pairs = -(-n // 2)
-        z = gen.sample_noise(n_pairs).repeat_interleave(2, dim=0)
-        y_gm = torch.arange(2).repeat(n_pairs).to(device)
-        s = gen.sample_subjects(n_pairs).repeat_interleave(2).to(device) if subjects else None
+        z, y_gm, _ = paired_draw(gen, torch.arange(n), None)
+        y_gm = y_gm.to(device)
+        # Left/right pairs share a subject, drawn in the training proportions (no real batch to take it from).
+        s = gen.sample_subjects(-(-n // 2)).repeat_interleave(2)[:n].to(device) if subjects else None
         gm, out = matcher.loss(gen(z.to(device), y_gm, *(() if s is None else (s,))), y_gm)
         total = weight * gm
         if extra_loss is not None:
