@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="compare: run folders side by side")
     p.add_argument("--n", type=int, default=None, help="generate: trials per class")
     p.add_argument("--out", default=None, help="generate/compare: output path")
+    p.add_argument("--subjects", nargs="+", type=int, metavar="S", default=None,
+                   help="generate: trials for these subjects only (a subject-conditioned generator)")
     return p
 
 

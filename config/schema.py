@@ -330,6 +330,9 @@ SCHEMA: dict[str, Any] = {
         "reference_seeds": _int(3, "CNNs (seeds seed, seed+1, ...) trained on the real pool for the train-on-real "
                                    "reference: their accuracy, averaged per held-out trial, sets the target bar", lo=1),
         "figures": _bool(True, "render the report figures"),
+        "subjects": _int_list(None, "judge on these subjects only: their real trials and, from a subject-conditioned "
+                              "generator, trials generated for them (null: every subject the run trained on)",
+                              lo=1, hi=109),
     },
 }
 

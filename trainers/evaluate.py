@@ -39,7 +39,7 @@ CANDIDATES = ("gan", "phase_random", "real")
 # Evaluation settings; `cfg["evaluation"]` overrides them (see config/schema.py).
 DEFAULTS = {"n_per_class": None, "augment_trials": [5, 10, 20], "augment_seeds": 3, "augment_per_class": 40,
             "classifier_steps": 100, "classifier_batch": 32, "classifier_lr": 0.003, "architecture": None, "fd_dims": 32,
-            "csp_components": 6, "reference_seeds": 3, "figures": True}
+            "csp_components": 6, "reference_seeds": 3, "figures": True, "subjects": None}
 CACHE_VERSION = 3  # 2: band-power LDA in the decoding references; 3: per-trial correctness (intervals)
 
 
@@ -61,6 +61,9 @@ class RealData:
         if splits.sensor is not None:  # representation=source: judge on the scalp, where bundle.sample() projects
             splits = splits.sensor
         pool, te = splits.pooled().train, splits.test  # the trials a GAN run trains on
+        only = (cfg.get("evaluation") or {}).get("subjects")
+        if only is not None:
+            pool, te = (_only_subjects(pool, only, "training"), _only_subjects(te, only, "held-out"))
         self.info = splits.info
         self.X_pool, self.y_pool, self.subject_pool = pool.X, pool.y, pool.subject
         self.X_test, self.y_test, self.subject_test = te.X, te.y, te.subject
@@ -73,6 +76,15 @@ class RealData:
     @property
     def counts_a(self) -> list[int]:
         return [int((self.y_a == c).sum()) for c in (0, 1)]
+
+
+def _only_subjects(trials, subjects, what: str):
+    """evaluation.subjects: the trials of these subjects (a one-line error when the data lacks one)."""
+    missing = sorted(set(subjects) - set(np.unique(trials.subject).tolist()))
+    if missing:
+        raise UserError(f"config key 'evaluation.subjects': the {what} trials hold no trials of subject(s) "
+                        f"{missing} (they hold {sorted(np.unique(trials.subject).tolist())})")
+    return trials.subset(np.isin(trials.subject, subjects))
 
 
 def _subset_by_counts(X, y, counts, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -552,6 +564,8 @@ def evaluate_round(round_dir, cfg: dict, device="cpu", progress: bool = True, re
     round_dir = Path(round_dir)
     bundle = load_generator(round_dir, device=device)
     ev = Evaluator(cfg, device, progress, real)
+    if ev.s["subjects"] is not None:
+        bundle.only_subjects(ev.s["subjects"])
     r = ev.real
     if list(bundle.ch_names) != r.ch_names or bundle.n_times != r.X_test.shape[-1] or bundle.sfreq != r.sfreq:
         raise UserError(f"evaluate {round_dir}: the generator's channels/length/rate "

@@ -94,15 +94,34 @@ def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_s
             critic.load_state_dict(type(critic)(critic.config).state_dict())
 
 
+def _get(net, name: str) -> torch.Tensor:
+    return net.get_parameter(name) if "." in name else net.get_buffer(name)
+
+
+def _has(net, name: str) -> bool:
+    return hasattr(net, name.split(".")[0])
+
+
 def condition_on_subjects(generator, critic, subjects) -> bool:
     """Make pretrained networks conditioned on the target's training subjects (`subjects`, or None when
     gan.subject_condition is off). Subject embeddings of other subjects describe nobody in the target
-    data, so they are replaced by fresh ones (kept when the subjects are the same). True if replaced."""
+    data, so they are replaced by fresh ones; a subject the pretrained GAN was also conditioned on (a pool
+    that holds the target's subjects, e.g. ten subjects -> five of them) keeps its rows: its generator and
+    critic embedding and its spatial mixing. True if anything was replaced."""
     subjects = None if subjects is None else sorted({int(s) for s in subjects})
     if generator.config.subjects == subjects and critic.config.subject_count == len(subjects or ()):
         return False
+    old = list(generator.config.subjects or ())
+    rows = [(net, name) for net, name in ((generator, "subject_embedding.weight"), (generator, "subject_mixing"),
+                                          (critic, "subject_embedding.weight")) if old and _has(net, name)]
+    before = [_get(net, name).detach().clone() for net, name in rows]
     generator.set_subjects(subjects)
     critic.set_subject_count(len(subjects or ()))
+    shared = [(old.index(s), i) for i, s in enumerate(subjects or ()) if s in old]
+    with torch.no_grad():
+        for (net, name), was in zip(rows, before):
+            for src, dst in shared:
+                _get(net, name)[dst] = was[src]
     return True
 
 

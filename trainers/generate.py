@@ -1,10 +1,11 @@
 """Generate mode: labelled synthetic trials from a trained GAN run, as MNE Epochs and .npz.
 
-`python main.py --mode generate --checkpoint RUN_DIR [--n N] [--out PATH]` writes N trials per
+`python main.py --mode generate --checkpoint RUN_DIR [--n N] [--out PATH] [--subjects S ...]` writes N trials per
 class to `<out>/generated-epo.fif` (event_id {"left": 0, "right": 1}, the training channels,
 sfreq and standard montage, volts) and `<out>/generated.npz` (X, y, sfreq, ch_names, and `subject` for
 a subject-conditioned generator). `--out`
-defaults to `<run>/generated/`; a path ending in `-epo.fif` names the FIF file itself.
+defaults to `<run>/generated/`; a path ending in `-epo.fif` names the FIF file itself. `--subjects` draws the
+trials of a subject-conditioned generator for those subjects only.
 """
 from __future__ import annotations
 
@@ -99,6 +100,30 @@ class GeneratorBundle:
 
         return Standardizer.from_state(self.meta["standardizer"])
 
+    def only_subjects(self, subjects) -> None:
+        """Draw trials for these subject numbers only, each in its share of the training trials
+        (`generate --subjects`, `evaluation.subjects`): a generator trained on a larger pool, conditioned on
+        subject, generating for some of its subjects. A generator not conditioned on subject can only
+        stand for the subjects it trained on, all of them."""
+        subjects = sorted({int(s) for s in subjects})
+        gen = self.generator
+        if not gen.config.subject_count:
+            from trainers.finetune import training_subjects
+
+            trained = training_subjects(self.meta.get("data", {}))
+            if trained is not None and trained == subjects:
+                return
+            raise UserError(f"{self.folder}: the generator is not conditioned on subject (gan.subject_condition "
+                            f"was off), so it cannot generate for chosen subjects {subjects}")
+        missing = sorted(set(subjects) - set(gen.config.subjects))
+        if missing:
+            raise UserError(f"{self.folder}: the generator is conditioned on subjects {gen.config.subjects}, not on "
+                            f"{', '.join(f'S{s:03d}' for s in missing)}")
+        index = gen.subject_index(subjects)
+        w = torch.zeros_like(gen.subject_weights)
+        w[index] = gen.subject_weights[index].clamp_min(1e-12)
+        gen.subject_weights.copy_(w / w.sum())
+
     def sample(self, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(X float32 (2 * n_per_class, n_chans, n_times) in volts, y int64): left trials, then right."""
         X, y, _ = self.sample_subjects(n_per_class, seed)
@@ -188,6 +213,8 @@ def main(args) -> int:
         fif.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {fif.parent}: not writable ({e.strerror or e})") from None
+    if args.subjects:
+        bundle.only_subjects(args.subjects)
     X, y, subject = bundle.sample_native_subjects(n, bundle.cfg["seed"])
     extra = {} if subject is None else {"subject": subject}  # subject-conditioned: whom each trial imitates
     if bundle.projection is not None:  # sensor epochs projected from the ROI sources, plus the sources

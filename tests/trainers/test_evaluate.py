@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import main as cli
+from utils.errors import UserError
 
 TINY = ("subject_count=2", "model_name=gpt2cgan", "n_layer=1", "n_embd=16", "n_head=2",
         "evaluation.classifier_steps=4", "evaluation.augment_trials=[5]", "evaluation.augment_seeds=1",
@@ -17,8 +18,9 @@ TINY = ("subject_count=2", "model_name=gpt2cgan", "n_layer=1", "n_embd=16", "n_h
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make_gan_run(cfg: dict, run_dir: Path) -> Path:
-    """A finished (randomly initialised) GAN run folder: config.json, gan.json, weights, metrics.jsonl."""
+def make_gan_run(cfg: dict, run_dir: Path, conditioned: bool = False) -> Path:
+    """A finished (randomly initialised) GAN run folder: config.json, gan.json, weights, metrics.jsonl;
+    `conditioned`: the generator conditioned on the training subjects, as the GAN trainer builds it."""
     from data.dataset import Standardizer, load_splits, pretrain_data_cfg
     from trainers.common import round_dirs
     from trainers.gan import build_models, gan_meta, save_weights
@@ -32,7 +34,10 @@ def make_gan_run(cfg: dict, run_dir: Path) -> Path:
     for i, rd in enumerate(round_dirs(run_dir, cfg["rounds"])):
         rd.mkdir(exist_ok=True)
         seed_everything(cfg["seed"] + i)
-        G, D = build_models(cfg, splits.train.n_chans, splits.train.n_times, splits.train.sfreq)
+        G, D = build_models(cfg, splits.train.n_chans, splits.train.n_times, splits.train.sfreq,
+                            subjects=splits.train.subject if conditioned else None)
+        if conditioned:
+            G.set_subject_weights(G.subject_index(splits.train.subject))
         save_weights(G, rd / "generator.safetensors")
         save_weights(D, rd / "critic.safetensors")
         write_json(rd / "gan.json", gan_meta(cfg, G.config, D.config, splits.train, std))
@@ -139,6 +144,38 @@ def test_cli_evaluates_every_round_and_aggregates(make_cfg, tmp_path, capsys):
     assert json.loads((run / "evaluation.json").read_text())["tstr_uncertainty"] == agg["tstr_uncertainty"]
     assert "paired bootstrap interval" in (run / "report.md").read_text()
     assert "evaluation:" in capsys.readouterr().out
+
+
+def test_evaluation_on_some_subjects_judges_their_trials_with_trials_generated_for_them(make_cfg, tmp_path, capsys):
+    """evaluation.subjects: a generator trained on a larger pool, conditioned on subject, judged on some of
+    its subjects: their real training and held-out trials, and generated trials drawn for them alone."""
+    from trainers.evaluate import RealData, evaluate_round
+    from trainers.generate import load_generator
+
+    cfg = make_cfg(*TINY, "evaluation.figures=false", "evaluation.subjects=[2]")
+    run = make_gan_run(cfg, tmp_path / "run", conditioned=True)
+    everyone = RealData(make_cfg(*TINY), progress=False)
+    evaluate_round(run, cfg, "cpu", progress=False)
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert set(ev["test_subject"]) == {2}
+    assert ev["n_test"] == int((everyone.subject_test == 2).sum()) < len(everyone.y_test)
+    assert ev["n_pool"] == int((everyone.subject_pool == 2).sum()) < len(everyone.y_pool)
+    b = load_generator(run)
+    assert set(b.sample_subjects(6, 0)[2].tolist()) == {1, 2}
+    b.only_subjects([2])
+    X, y, s = b.sample_subjects(6, 0)
+    assert set(s.tolist()) == {2} and X.shape[0] == 12
+    # A subject the data or the generator lacks, or a generator not conditioned on subject: one-line errors.
+    with pytest.raises(UserError, match=r"evaluation.subjects.*\[3\]"):
+        RealData(make_cfg(*TINY, "evaluation.subjects=[3]"), progress=False)
+    with pytest.raises(UserError, match="not on S003"):
+        b.only_subjects([2, 3])
+    plain = make_gan_run(cfg, tmp_path / "plain")
+    assert cli.main(["--mode", "evaluate", "--checkpoint", str(plain), "--set", "training.num_threads=1"]) == 2
+    assert "not conditioned on subject" in capsys.readouterr().err
+    assert cli.main(["--mode", "generate", "--checkpoint", str(run), "--subjects", "2", "--n", "3",
+                      "--out", str(tmp_path / "gen")]) == 0
+    assert set(np.load(tmp_path / "gen" / "generated.npz")["subject"].tolist()) == {2}
 
 
 def test_cli_evaluate_rejects_bad_folders(make_cfg, tmp_path, capsys):

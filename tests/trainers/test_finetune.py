@@ -211,6 +211,15 @@ def test_subject_conditioned_fine_tuning_conditions_on_the_target_subjects():
     kept = g.subject_embedding.weight.detach().clone()
     assert condition_on_subjects(g, d, [3, 2, 1]) is False  # same subjects: the embedding stays
     assert torch.equal(g.subject_embedding.weight, kept)
+    with torch.no_grad():
+        g.subject_mixing[2] *= 2.0  # as after gan.calibrate_subject
+    mix, crit = g.subject_mixing.clone(), d.subject_embedding.weight.detach().clone()
+    # Subjects 2 and 3 were in the pretrained pool: their rows carry over; subject 9 is new.
+    assert condition_on_subjects(g, d, [3, 9, 2]) is True
+    assert g.config.subjects == [2, 3, 9]
+    assert torch.equal(g.subject_embedding.weight[:2], kept[1:]) and torch.equal(g.subject_mixing[:2], mix[1:])
+    assert torch.equal(d.subject_embedding.weight[:2], crit[1:])
+    assert not torch.equal(g.subject_embedding.weight[2], kept[0]) and torch.equal(g.subject_mixing[2], torch.eye(5))
     assert condition_on_subjects(g, d, [9]) is True  # a new subject: fresh embeddings for it alone
     assert g.config.subjects == [9] and g.subject_embedding.weight.shape[0] == 1
     assert d.subject_embedding.weight.shape[0] == 1
