@@ -94,12 +94,10 @@ def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_s
             critic.load_state_dict(type(critic)(critic.config).state_dict())
 
 
-def _get(net, name: str) -> torch.Tensor:
-    return net.get_parameter(name) if "." in name else net.get_buffer(name)
-
-
-def _has(net, name: str) -> bool:
-    return hasattr(net, name.split(".")[0])
+def _subject_rows(generator, critic) -> list[torch.Tensor]:
+    """The tensors that hold a row per conditioned subject, in a fixed order."""
+    return [generator.subject_mixing] + [net.subject_embedding.weight for net in (generator, critic)
+                                         if hasattr(net, "subject_embedding")]
 
 
 def condition_on_subjects(generator, critic, subjects) -> bool:
@@ -112,16 +110,14 @@ def condition_on_subjects(generator, critic, subjects) -> bool:
     if generator.config.subjects == subjects and critic.config.subject_count == len(subjects or ()):
         return False
     old = list(generator.config.subjects or ())
-    rows = [(net, name) for net, name in ((generator, "subject_embedding.weight"), (generator, "subject_mixing"),
-                                          (critic, "subject_embedding.weight")) if old and _has(net, name)]
-    before = [_get(net, name).detach().clone() for net, name in rows]
+    before = [t.detach().clone() for t in _subject_rows(generator, critic)]
     generator.set_subjects(subjects)
     critic.set_subject_count(len(subjects or ()))
     shared = [(old.index(s), i) for i, s in enumerate(subjects or ()) if s in old]
-    with torch.no_grad():
-        for (net, name), was in zip(rows, before):
-            for src, dst in shared:
-                _get(net, name)[dst] = was[src]
+    if shared:  # both conditioned on subjects: the same tensors, now with the target's rows
+        with torch.no_grad():
+            for now, was in zip(_subject_rows(generator, critic), before):
+                now[[i for _, i in shared]] = was[[j for j, _ in shared]]
     return True
 
 
