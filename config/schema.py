@@ -329,6 +329,9 @@ SCHEMA: dict[str, Any] = {
         "csp_components": _int(6, "CSP filters of the CSP+LDA decoder", lo=2),
         "reference_seeds": _int(3, "CNNs (seeds seed, seed+1, ...) trained on the real pool for the train-on-real "
                                    "reference: their accuracy, averaged per held-out trial, sets the target bar", lo=1),
+        "tstr_seeds": _int(3, "CNNs (seeds one apart) trained on each generated set (and on the "
+                               "phase-randomised pool) for train-on-synthetic: their accuracy, averaged per held-out "
+                               "trial, is the one reported and checked against the bar", lo=1),
         "figures": _bool(True, "render the report figures"),
         "subjects": _int_list(None, "judge on these subjects only: their real trials and, from a subject-conditioned "
                               "generator, trials generated for them (null: every subject the run trained on)",

@@ -39,8 +39,9 @@ CANDIDATES = ("gan", "phase_random", "real")
 # Evaluation settings; `cfg["evaluation"]` overrides them (see config/schema.py).
 DEFAULTS = {"n_per_class": None, "augment_trials": [5, 10, 20], "augment_seeds": 3, "augment_per_class": 40,
             "classifier_steps": 100, "classifier_batch": 32, "classifier_lr": 0.003, "architecture": None, "fd_dims": 32,
-            "csp_components": 6, "reference_seeds": 3, "figures": True, "subjects": None}
-CACHE_VERSION = 3  # 2: band-power LDA in the decoding references; 3: per-trial correctness (intervals)
+            "csp_components": 6, "reference_seeds": 3, "tstr_seeds": 3, "figures": True, "subjects": None}
+CACHE_VERSION = 5  # 2: band-power LDA in the decoding references; 3: per-trial correctness (intervals);
+# 4: the phase-randomised candidate's CNN averaged over evaluation.tstr_seeds; 5: the pool in load order
 
 
 def settings(cfg: dict) -> dict:
@@ -57,7 +58,10 @@ class RealData:
     def __init__(self, cfg: dict, progress: bool = True):
         from data.dataset import load_splits
 
-        splits = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=progress)
+        # The pool (training + validation trials) in load order, subject by subject, whatever the validation
+        # draw: a run on some subjects and a larger run judged on them (evaluation.subjects) then hold the same
+        # trials in the same order, so their real-trained yardsticks are the same CNNs.
+        splits = load_splits(cfg, {**cfg["data"], "val_fraction": 0.0}, seed=cfg["seed"], progress=progress)
         if splits.sensor is not None:  # representation=source: judge on the scalp, where bundle.sample() projects
             splits = splits.sensor
         pool, te = splits.pooled().train, splits.test  # the trials a GAN run trains on
@@ -149,38 +153,34 @@ class Evaluator:
                **M.amplitude_sanity(X, r.X_b)}
         return out
 
-    def decoding(self, X, y, seed: int, clf: M.FittedClassifier | None = None) -> dict:
+    def decoding(self, X, y, seed: int, clf: M.FittedClassifier | None = None, cnn_seeds: int | None = None) -> dict:
         """Train on the candidate, test on every held-out trial (TSTR; TRTR for the real pool).
 
         Each decoder's accuracy, its 95% Wilson interval (`ci95`) and which held-out trials it got right
-        (`correct`, 0/1 in test order: the paired comparison of `tstr_uncertainty` needs them)."""
+        (`correct` in test order: the paired comparison of `tstr_uncertainty` needs them). The CNN part is
+        averaged trial by trial over `cnn_seeds` CNNs (seeds seed, seed+1, ...; `clf`, when given, is the
+        first; default evaluation.tstr_seeds), and `cnn_per_seed` holds each one's accuracy: one short CNN
+        training is a noisy measurement (on S006-S010 four seeds of the real-trained CNN scored 0.627-0.693 on
+        run 12, bench/RESULTS.md session 22), on real and generated trials alike."""
         r = self.real
-        clf = clf or self.fit(X, y, seed)
-        pred = {"cnn": clf.predict(r.X_test),
-                "csp_lda": M.csp_lda_predict(X, y, r.X_test, self.s["csp_components"]),
-                "band_lda": M.band_lda_predict(X, y, r.X_test, r.sfreq)}
-        correct = {k: (np.asarray(p) == r.y_test).astype(int) for k, p in pred.items()}
+        n = self.s["tstr_seeds"] if cnn_seeds is None else cnn_seeds
+        runs = [((clf if i == 0 and clf is not None else self.fit(X, y, seed + i)).predict(r.X_test)
+                 == r.y_test).astype(float) for i in range(n)]
+        correct = {"cnn": np.mean(runs, 0),
+                   "csp_lda": (M.csp_lda_predict(X, y, r.X_test, self.s["csp_components"]) == r.y_test).astype(int),
+                   "band_lda": (M.band_lda_predict(X, y, r.X_test, r.sfreq) == r.y_test).astype(int)}
         out = {k: float(c.mean()) for k, c in correct.items()}
-        out["ci95"] = {k: list(M.wilson_interval(int(c.sum()), len(c))) for k, c in correct.items()}
+        out["ci95"] = {k: list(M.wilson_interval(int(round(c.sum())), len(c))) for k, c in correct.items()}
         out["correct"] = {k: c.tolist() for k, c in correct.items()}
+        out["cnn_per_seed"] = [float(c.mean()) for c in runs]
         return out
 
     def real_trained_decoding(self) -> dict:
         """TRTR: `decoding` of the real pool, its CNN part averaged over `reference_seeds` CNNs (the fixed
-        classifier and seeds seed+1, ...) trial by trial. One short CNN training is a noisy yardstick: on
-        S006-S010 four seeds scored 0.627-0.693 on run 12 (bench/RESULTS.md, session 22), and the target bar
-        moves with it."""
+        classifier and seeds seed+1, ...). The target bar moves with it."""
         r = self.real
-        out = self.decoding(r.X_pool, r.y_pool, self.seed, clf=self.fixed_classifier())
-        runs = [np.asarray(out["correct"]["cnn"], float)]
-        runs += [(self.fit(r.X_pool, r.y_pool, self.seed + i).predict(r.X_test) == r.y_test).astype(float)
-                 for i in range(1, self.s["reference_seeds"])]
-        correct = np.mean(runs, 0)
-        out["cnn"] = float(correct.mean())
-        out["ci95"]["cnn"] = list(M.wilson_interval(int(round(correct.sum())), len(correct)))
-        out["correct"]["cnn"] = correct.tolist()
-        out["cnn_per_seed"] = [float(c.mean()) for c in runs]
-        return out
+        return self.decoding(r.X_pool, r.y_pool, self.seed, clf=self.fixed_classifier(),
+                             cnn_seeds=self.s["reference_seeds"])
 
     def augmentation(self, extra_fn, desc: str) -> dict:
         """Accuracy on held-out trials when k real trials per class (+ extra trials) train the classifier.

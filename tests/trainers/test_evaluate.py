@@ -89,6 +89,10 @@ def test_evaluate_round_writes_report_figures_and_headline(make_cfg, tmp_path):
     # The train-on-real CNN reference is the mean of evaluation.reference_seeds (default 3) trained CNNs.
     assert len(real_cnn["cnn_per_seed"]) == 3 and real_cnn["cnn"] == pytest.approx(np.mean(real_cnn["cnn_per_seed"]))
     gan_dec = res["candidates"]["gan"]["decoding"]
+    # So is the train-on-synthetic CNN: evaluation.tstr_seeds (default 3) CNNs on the generated set, each
+    # held-out trial counted by the share of them that got it right.
+    assert len(gan_dec["cnn_per_seed"]) == 3 and gan_dec["cnn"] == pytest.approx(np.mean(gan_dec["cnn_per_seed"]))
+    assert set(np.round(np.asarray(gan_dec["correct"]["cnn"]) * 3, 6)) <= {0, 1, 2, 3}
     u = res["tstr_uncertainty"]["cnn"]  # the bootstrap's point value is the plain accuracy difference to the bar
     assert u["difference"] == pytest.approx(gan_dec["cnn"] - (0.5 + 0.8 * (real_cnn["cnn"] - 0.5)))
     report = (run / "report.md").read_text()
@@ -160,6 +164,10 @@ def test_evaluation_on_some_subjects_judges_their_trials_with_trials_generated_f
     assert set(ev["test_subject"]) == {2}
     assert ev["n_test"] == int((everyone.subject_test == 2).sum()) < len(everyone.y_test)
     assert ev["n_pool"] == int((everyone.subject_pool == 2).sum()) < len(everyone.y_pool)
+    # The same real trials, in the same order, as a run on subject 2 alone: the same yardsticks.
+    alone, judged = RealData(make_cfg(*TINY, "data.subjects=[2]"), progress=False), RealData(cfg, progress=False)
+    assert np.array_equal(alone.X_pool, judged.X_pool) and np.array_equal(alone.X_test, judged.X_test)
+    assert np.array_equal(alone.y_a, judged.y_a)
     b = load_generator(run)
     assert set(b.sample_subjects(6, 0)[2].tolist()) == {1, 2}
     b.only_subjects([2])
