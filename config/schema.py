@@ -411,7 +411,13 @@ def _merge(user: Any, schema: dict, prefix: str = "") -> dict:
 
 
 def _cross_checks(cfg: dict) -> None:
+    from data.eegbci import select_subjects
+
     d = cfg["data"]
+    only = cfg["evaluation"]["subjects"]
+    if only is not None and set(only) - set(select_subjects(cfg)):
+        raise UserError(f"config key 'evaluation.subjects': subject(s) {sorted(set(only) - set(select_subjects(cfg)))} "
+                        f"are not among the data's subjects {select_subjects(cfg)}")
     if d["tmax"] <= d["tmin"]:
         raise UserError(f"config key 'data.tmax': {d['tmax']} must be greater than data.tmin ({d['tmin']})")
     if d["l_freq"] is not None and d["h_freq"] is not None and d["l_freq"] >= d["h_freq"]:

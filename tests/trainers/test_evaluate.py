@@ -174,8 +174,11 @@ def test_evaluation_on_some_subjects_judges_their_trials_with_trials_generated_f
     X, y, s = b.sample_subjects(6, 0)
     assert set(s.tolist()) == {2} and X.shape[0] == 12
     # A subject the data or the generator lacks, or a generator not conditioned on subject: one-line errors.
-    with pytest.raises(UserError, match=r"evaluation.subjects.*\[3\]"):
-        RealData(make_cfg(*TINY, "evaluation.subjects=[3]"), progress=False)
+    with pytest.raises(UserError, match=r"evaluation.subjects.*\[3\] are not among the data's subjects \[1, 2\]"):
+        make_cfg(*TINY, "evaluation.subjects=[3]")  # caught with the config, before anything runs
+    with pytest.raises(UserError, match=r"evaluation.subjects.*held-out trials hold no trials of subject"):
+        RealData(make_cfg(*TINY, "evaluation.subjects=[2]", "data.split=subject", "data.test_subjects=[1]"),
+                 progress=False)
     with pytest.raises(UserError, match="not on S003"):
         b.only_subjects([2, 3])
     plain = make_gan_run(cfg, tmp_path / "plain")
