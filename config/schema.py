@@ -414,10 +414,10 @@ def _cross_checks(cfg: dict) -> None:
     from data.eegbci import select_subjects
 
     d = cfg["data"]
-    only = cfg["evaluation"]["subjects"]
-    if only is not None and set(only) - set(select_subjects(cfg)):
-        raise UserError(f"config key 'evaluation.subjects': subject(s) {sorted(set(only) - set(select_subjects(cfg)))} "
-                        f"are not among the data's subjects {select_subjects(cfg)}")
+    only, chosen = cfg["evaluation"]["subjects"], select_subjects(cfg)
+    if only is not None and set(only) - set(chosen):
+        raise UserError(f"config key 'evaluation.subjects': subject(s) {sorted(set(only) - set(chosen))} "
+                        f"are not among the data's subjects {chosen}")
     if d["tmax"] <= d["tmin"]:
         raise UserError(f"config key 'data.tmax': {d['tmax']} must be greater than data.tmin ({d['tmin']})")
     if d["l_freq"] is not None and d["h_freq"] is not None and d["l_freq"] >= d["h_freq"]:

@@ -312,8 +312,8 @@ class GPT2Generator(nn.Module):
         pos = {int(s): i for i, s in enumerate(self.config.subjects or ())}
         missing = sorted({int(s) for s in subjects} - set(pos))
         if missing:
-            raise UserError(f"the generator is conditioned on subjects {sorted(pos)}, the data holds "
-                            f"{', '.join(f'S{s:03d}' for s in missing)} as well")
+            raise UserError(f"the generator is conditioned on subjects {sorted(pos)}, not on "
+                            f"{', '.join(f'S{s:03d}' for s in missing)}")
         return torch.tensor([pos[int(s)] for s in subjects], dtype=torch.long)
 
     @torch.no_grad()

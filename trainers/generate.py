@@ -115,10 +115,6 @@ class GeneratorBundle:
                 return
             raise UserError(f"{self.folder}: the generator is not conditioned on subject (gan.subject_condition "
                             f"was off), so it cannot generate for chosen subjects {subjects}")
-        missing = sorted(set(subjects) - set(gen.config.subjects))
-        if missing:
-            raise UserError(f"{self.folder}: the generator is conditioned on subjects {gen.config.subjects}, not on "
-                            f"{', '.join(f'S{s:03d}' for s in missing)}")
         index = gen.subject_index(subjects)
         w = torch.zeros_like(gen.subject_weights)
         w[index] = gen.subject_weights[index].clamp_min(1e-12)
