@@ -273,10 +273,12 @@ SCHEMA: dict[str, Any] = {
                           "class-mean power spectra equal the real training data's: per class, pooled over "
                           "classes, band (pooled, plus one factor per class, channel and theta/mu/beta/gamma band), "
                           "or none", choices=("class", "pooled", "band", "none")),
-        "calibrate_subject": _str("none", "after training and gan.calibrate, fit a spatial mixing of the "
-                                  "generator's output per subject (one shared without subject conditioning) so each "
-                                  "subject's generated mean spatial covariance equals its real one: covariance, or none",
-                                  choices=("covariance", "none")),
+        "calibrate_subject": _str("none", "after training and gan.calibrate, fit per subject (one shared without "
+                                  "subject conditioning): spectrum (a per-channel magnitude response, so each subject's "
+                                  "generated mean power spectrum, both classes pooled, equals its real one), covariance "
+                                  "(a spatial mixing, so each subject's generated mean spatial covariance equals its "
+                                  "real one), or none",
+                                  choices=("spectrum", "covariance", "none")),
     },
     "finetune": {
         "adv_weight": _float(0.02, "weight of the adversarial loss while fine-tuning (replaces gan.adv_weight)", lo=0),

@@ -86,6 +86,7 @@ def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_s
             generator.init_from_data(torch.as_tensor(X_target_std), gain_spread)
             generator.calibration.fill_(1.0)
             generator.subject_mixing.copy_(torch.eye(generator.config.n_chans).expand_as(generator.subject_mixing))
+            generator.subject_calibration.fill_(1.0)
         if "class" in parts:
             generator.class_embedding.reset_parameters()
             if hasattr(generator, "class_gain"):
@@ -96,8 +97,8 @@ def restart_on_target(generator, critic, parts, X_target_std: np.ndarray, gain_s
 
 def _subject_rows(generator, critic) -> list[torch.Tensor]:
     """The tensors that hold a row per conditioned subject, in a fixed order."""
-    return [generator.subject_mixing] + [net.subject_embedding.weight for net in (generator, critic)
-                                         if hasattr(net, "subject_embedding")]
+    return [generator.subject_mixing, generator.subject_calibration] + [
+        net.subject_embedding.weight for net in (generator, critic) if hasattr(net, "subject_embedding")]
 
 
 def condition_on_subjects(generator, critic, subjects) -> bool:
@@ -105,7 +106,7 @@ def condition_on_subjects(generator, critic, subjects) -> bool:
     gan.subject_condition is off). Subject embeddings of other subjects describe nobody in the target
     data, so they are replaced by fresh ones; a subject the pretrained GAN was also conditioned on (a pool
     that holds the target's subjects, e.g. ten subjects -> five of them) keeps its rows: its generator and
-    critic embedding and its spatial mixing. True if anything was replaced."""
+    critic embedding, its spatial mixing and its spectrum calibration. True if anything was replaced."""
     subjects = None if subjects is None else sorted({int(s) for s in subjects})
     if generator.config.subjects == subjects and critic.config.subject_count == len(subjects or ()):
         return False

@@ -867,7 +867,8 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     # rank runs it (same weights, data and seed), so DDP replicas stay identical.
     summary.update(calibrate_spectrum(G, Xtr, ytr, train.sfreq, g_cfg["calibrate"], seed + 2, device,
                                       class_bands=g_cfg["class_bands"]))
-    summary.update(calibrate_subject_covariance(G, Xtr, train.subject, g_cfg["calibrate_subject"], seed + 3, device))
+    summary.update(calibrate_subjects(G, Xtr, ytr, train.subject, train.sfreq, g_cfg["calibrate_subject"], seed + 3,
+                                      device))
     if not main:
         return summary
     if g_cfg["calibrate"] != "none" or g_cfg["calibrate_subject"] != "none":
@@ -910,6 +911,65 @@ def covariance_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     r = _sym_power(a, -0.5)
     w = torch.linalg.eigvalsh(r @ b @ r).clamp_min(1e-12)
     return float(torch.log(w).pow(2).sum().sqrt())
+
+
+def calibrate_subjects(generator, X: torch.Tensor, y: torch.Tensor, subject, sfreq: float, mode: str, seed: int,
+                       device) -> dict:
+    """gan.calibrate_subject after gan.calibrate: "covariance" (calibrate_subject_covariance), "spectrum"
+    (calibrate_subject_spectrum) or "none"."""
+    if mode == "spectrum":
+        return calibrate_subject_spectrum(generator, X, y, subject, sfreq, seed, device)
+    return calibrate_subject_covariance(generator, X, subject, mode, seed, device)
+
+
+@torch.no_grad()
+def calibrate_subject_spectrum(generator, X: torch.Tensor, y: torch.Tensor, subject, sfreq: float, seed: int, device,
+                               n_per_class: int = 128, smooth_hz: float = 2.0) -> dict:
+    """Fit the generator's `subject_calibration` so each subject's generated mean power spectrum per
+    channel (the mean of its two class means) equals that of its real trials X (standardized units, labels
+    y, `subject` their subject numbers). Without subject conditioning one shared response is fitted.
+
+    Why: gan.calibrate fits the class-mean spectra of the whole pool, so a subject drawn on its own
+    (evaluation.subjects, generate --subjects) keeps whatever level the generator learned for it, and
+    subjects' power differs several-fold: the ten-subject generator drawn for S006-S010 was 20-45% low in
+    mu power at C3/Cz/C4 (bench/RESULTS.md, session 25). Pooled over classes so that a subject's few trials
+    set its level and shape but not its class difference, whose per-subject sampling noise would become
+    class structure. n_per_class trials per class are drawn for every subject. Returns the mean absolute
+    dB difference of the subjects' generated and real mean spectra in the pass band, before and after
+    (a fresh draw for "after")."""
+    gen = dist.unwrap(generator)
+    subject = np.asarray(subject)
+    units = list(gen.config.subjects) if gen.config.subject_count else [None]
+    classes = gen.calibration.shape[0]
+    k = _smoothing_bins(sfreq, X.shape[-1], smooth_hz)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+
+    def spectrum(x: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:   # (C, F)
+        return _class_psd(x, lab, classes, k, pooled=True)[0]
+
+    def fake_spectra(draw_seed: int) -> torch.Tensor:                    # (units, C, F)
+        g = torch.Generator().manual_seed(draw_seed)
+        was = gen.training
+        gen.eval()
+        out = []
+        for i, _ in enumerate(units):
+            z = gen.sample_noise(len(labels), generator=g)
+            s = torch.full((len(labels),), i, dtype=torch.long).to(device) if units[0] is not None else None
+            out.append(spectrum(gen(z.to(device), labels.to(device), s).cpu(), labels))
+        gen.train(was)
+        return torch.stack(out)
+
+    real = torch.stack([spectrum(X if u is None else X[torch.from_numpy(subject == u)],
+                                 y if u is None else y[torch.from_numpy(subject == u)]) for u in units])
+    before = fake_spectra(seed)
+    gain, passband = _passband_gain(gen, real / before.clamp_min(1e-30))
+    gen.subject_calibration.mul_(gain.to(gen.subject_calibration.device))
+    after = fake_spectra(seed + 1)
+
+    def db_error(fake: torch.Tensor) -> float:
+        return float((10 * torch.log10(fake.clamp_min(1e-30) / real.clamp_min(1e-30)))[..., passband].abs().mean())
+
+    return {"subject_spectrum_db_before": db_error(before), "subject_spectrum_db_after": db_error(after)}
 
 
 @torch.no_grad()
@@ -971,16 +1031,10 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
         class_bands = None  # all four: no restriction (the filter skirts keep their class difference too)
     gen = dist.unwrap(generator)
     classes = gen.calibration.shape[0]
-    df = sfreq / X.shape[-1]
-    k = max(1, int(round(smooth_hz / df))) | 1  # odd, centred window
+    k = _smoothing_bins(sfreq, X.shape[-1], smooth_hz)
 
     def class_psd(x: torch.Tensor, labels: torch.Tensor, pooled: bool) -> torch.Tensor:
-        p = torch.stack([torch.fft.rfft(x[labels == c].double(), dim=-1).abs().pow(2).mean(0)
-                         for c in range(classes)])                       # (classes, C, F)
-        if pooled:
-            p = p.mean(0, keepdim=True).expand_as(p)
-        return F.avg_pool1d(p.reshape(-1, 1, p.shape[-1]), k, stride=1, padding=k // 2,
-                            count_include_pad=False).reshape(p.shape)
+        return _class_psd(x, labels, classes, k, pooled)
 
     fake, y_fake = generate(gen, n_per_class, seed, device)
     if mode == "band":
@@ -1002,13 +1056,35 @@ def calibrate_spectrum(generator, X: torch.Tensor, y: torch.Tensor, sfreq: float
             drop = ~band_mask(torch.fft.rfftfreq(X.shape[-1], 1 / sfreq), class_bands)
             p_real[..., drop] = p_real[..., drop].mean(0, keepdim=True)
         ratio = p_real / class_psd(fake, y_fake, mode == "pooled").clamp_min(1e-30)
-    gain = ratio.sqrt().clamp(0.5, 2.0)
-    passband = gen.band_response.detach().cpu().double().pow(2) > 0.01  # X and the samples are on the CPU
-    gain = torch.where(passband, gain, torch.ones_like(gain)).float()
+    gain, passband = _passband_gain(gen, ratio)
     gen.calibration.mul_(gain.to(gen.calibration.device))
     gain_db = 20 * torch.log10(gain[..., passband])
     return {"calibration_gain_db_mean_abs": float(gain_db.abs().mean()),
             "calibration_gain_db_max_abs": float(gain_db.abs().max())}
+
+
+def _smoothing_bins(sfreq: float, n_times: int, smooth_hz: float) -> int:
+    """Width, in rfft bins, of the odd centred window that averages spectra over smooth_hz."""
+    return max(1, int(round(smooth_hz / (sfreq / n_times)))) | 1
+
+
+def _class_psd(x: torch.Tensor, labels: torch.Tensor, classes: int, k: int, pooled: bool = False) -> torch.Tensor:
+    """(classes, C, F) class-mean power spectra of x (n, C, T), float64, averaged over k bins; pooled:
+    the mean of the class means for every class (class-balanced whatever the class counts)."""
+    p = torch.stack([torch.fft.rfft(x[labels == c].double(), dim=-1).abs().pow(2).mean(0)
+                     for c in range(classes)])
+    if pooled:
+        p = p.mean(0, keepdim=True).expand_as(p)
+    return F.avg_pool1d(p.reshape(-1, 1, p.shape[-1]), k, stride=1, padding=k // 2,
+                        count_include_pad=False).reshape(p.shape)
+
+
+def _passband_gain(gen, power_ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Amplitude gain sqrt(power_ratio), clipped to [0.5, 2] (a 4x power correction at most) and 1
+    outside the generator's pass band, as float32; and the pass-band mask over rfft bins."""
+    passband = gen.band_response.detach().cpu().double().pow(2) > 0.01  # X and the samples are on the CPU
+    gain = power_ratio.sqrt().clamp(0.5, 2.0)
+    return torch.where(passband, gain, torch.ones_like(gain)).float(), passband
 
 
 def build_optimizers(cfg: dict, G, D) -> tuple[torch.optim.Adam, torch.optim.Adam]:

@@ -213,12 +213,15 @@ def test_subject_conditioned_fine_tuning_conditions_on_the_target_subjects():
     assert torch.equal(g.subject_embedding.weight, kept)
     with torch.no_grad():
         g.subject_mixing[2] *= 2.0  # as after gan.calibrate_subject
+        g.subject_calibration[1] *= 1.5
     mix, crit = g.subject_mixing.clone(), d.subject_embedding.weight.detach().clone()
+    spec = g.subject_calibration.clone()
     # Subjects 2 and 3 were in the pretrained pool: their rows carry over; subject 9 is new.
     assert condition_on_subjects(g, d, [3, 9, 2]) is True
     assert g.config.subjects == [2, 3, 9]
     assert torch.equal(g.subject_embedding.weight[:2], kept[1:]) and torch.equal(g.subject_mixing[:2], mix[1:])
-    assert torch.equal(d.subject_embedding.weight[:2], crit[1:])
+    assert torch.equal(d.subject_embedding.weight[:2], crit[1:]) and torch.equal(g.subject_calibration[:2], spec[1:])
+    assert torch.equal(g.subject_calibration[2], torch.ones_like(spec[0]))
     assert not torch.equal(g.subject_embedding.weight[2], kept[0]) and torch.equal(g.subject_mixing[2], torch.eye(5))
     assert condition_on_subjects(g, d, [9]) is True  # a new subject: fresh embeddings for it alone
     assert g.config.subjects == [9] and g.subject_embedding.weight.shape[0] == 1

@@ -9,6 +9,7 @@ import torch
 
 import main
 import trainers.gan as gan
+from utils.metrics import band_power
 
 TINY = ["model_name=gpt2cgan", "data.subjects=[1]", "epochs=2", "batch_size=16", "n_embd=16", "n_layer=1",
         "n_head=2", "gan.patch_size=32", "gan.critic_width=8", "gan.critic_steps=2", "gan.figure_every=1",
@@ -608,11 +609,45 @@ def test_subject_covariance_calibration_makes_each_subject_mean_covariance_the_r
     assert torch.equal(fresh(z, y, idx), gen(z, y, idx))
 
 
+def test_subject_spectrum_calibration_gives_each_subject_its_real_mean_spectrum():
+    gen = _subject_generator()
+    # "Real" trials: the generator's own output, each subject's channels through their own smooth spectral
+    # response (a level and a tilt), the same for both classes.
+    X, y, s = gan.generate(gen, 300, seed=1, device="cpu", return_subjects=True)
+    f = torch.fft.rfftfreq(640, 1 / 160.0)
+    # (Inside the calibration's [0.5, 2] amplitude range.)
+    shape = {2: torch.tensor([1.5, 1.0, 0.6, 1.3])[:, None] * (1 + 0.25 * torch.sin(f / 6))[None],
+             5: torch.tensor([0.7, 1.5, 1.0, 0.8])[:, None] * (1 + 0.3 * torch.cos(f / 9))[None]}
+    X = torch.stack([torch.fft.irfft(torch.fft.rfft(x) * shape[int(u)], n=640) for x, u in zip(X, s)])
+    z, yy = gen.sample_noise(6, generator=torch.Generator().manual_seed(9)), torch.tensor([0, 1] * 3)
+    idx = torch.tensor([0, 1, 0, 1, 1, 0])
+    before = gen(z, yy, idx)
+    assert gan.calibrate_subjects(gen, X, y, s.numpy(), 160.0, "none", seed=3, device="cpu") == {}
+    assert torch.equal(gen(z, yy, idx), before)
+    info = gan.calibrate_subjects(gen, X, y, s.numpy(), 160.0, "spectrum", seed=3, device="cpu")
+    # From the shaping's 3.4 dB to the sampling noise of the two means (0.3 dB).
+    assert info["subject_spectrum_db_before"] > 2.0 > 5 * info["subject_spectrum_db_after"]
+    # A fresh draw: every subject's mean mu/beta power per channel is its real one.
+    Xg, yg, sg = gan.generate(gen, 300, seed=7, device="cpu", return_subjects=True)
+    for u in (2, 5):
+        real = band_power(X[s == u].numpy(), 160.0, (8.0, 30.0)).mean(0)
+        fake = band_power(Xg[sg == u].numpy(), 160.0, (8.0, 30.0)).mean(0)
+        np.testing.assert_allclose(fake, real, rtol=0.12)
+    # Saved and reloaded, the response is part of the generator; a run saved before it existed loads as ones.
+    state = {k: v for k, v in gen.state_dict().items() if k != "subject_calibration"}
+    fresh = _subject_generator()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh(z, yy, idx), before)
+    fresh.load_state_dict(gen.state_dict())
+    assert torch.equal(fresh(z, yy, idx), gen(z, yy, idx))
+
+
 def test_subject_covariance_calibration_key_is_validated():
     from config.schema import load_config
     from utils.errors import UserError
 
     root = Path(__file__).resolve().parents[2] / "config" / "config.json"
     assert load_config(root, ["gan.calibrate_subject=covariance"])["gan"]["calibrate_subject"] == "covariance"
+    assert load_config(root, ["gan.calibrate_subject=spectrum"])["gan"]["calibrate_subject"] == "spectrum"
     with pytest.raises(UserError, match="gan.calibrate_subject"):
         load_config(root, ["gan.calibrate_subject=whiten"])
