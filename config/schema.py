@@ -275,10 +275,10 @@ SCHEMA: dict[str, Any] = {
                           "or none", choices=("class", "pooled", "band", "none")),
         "calibrate_subject": _str("none", "after training and gan.calibrate, fit per subject (one shared without "
                                   "subject conditioning): spectrum (a per-channel magnitude response, so each subject's "
-                                  "generated mean power spectrum, both classes pooled, equals its real one), covariance "
-                                  "(a spatial mixing, so each subject's generated mean spatial covariance equals its "
-                                  "real one), or none",
-                                  choices=("spectrum", "covariance", "none")),
+                                  "generated mean power spectrum, both classes pooled, equals its real one), "
+                                  "class_spectrum (the same per class), covariance (a spatial mixing, so each subject's "
+                                  "generated mean spatial covariance equals its real one), or none",
+                                  choices=("spectrum", "class_spectrum", "covariance", "none")),
     },
     "finetune": {
         "adv_weight": _float(0.02, "weight of the adversarial loss while fine-tuning (replaces gan.adv_weight)", lo=0),

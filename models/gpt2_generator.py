@@ -11,7 +11,7 @@ FIR filter the real data went through (data.l_freq-data.h_freq), because power o
 is invisible to a band-power objective yet dominates covariance-based decoders such as CSP. A
 per-class, per-channel magnitude response (`calibration`, fitted after training) corrects the
 remaining bias of the class-mean spectra; optionally (gan.calibrate_subject) a per-subject magnitude
-response (`subject_calibration`) gives each subject its own mean spectrum, or a last per-subject spatial
+response (`subject_calibration`) gives each subject its own mean spectrum (per class or classes pooled), or a last per-subject spatial
 mixing (`subject_mixing`) re-centres each subject's mean spatial covariance on its real one. Output is in the standardized units of the training
 data (data.dataset.Standardizer); the trainer maps it back to volts.
 
@@ -259,12 +259,11 @@ class GPT2Generator(nn.Module):
         # trainer's subject covariance calibration (trainers.gan.calibrate_subject_covariance, gan.calibrate_subject)
         # fits it after training, so each subject's generated mean spatial covariance equals its real one.
         self.register_buffer("subject_mixing", torch.eye(self.config.n_chans, device=device).repeat(max(n, 1), 1, 1))
-        # Per-subject, per-channel magnitude response (one shared without subjects), both classes alike: ones until
-        # the trainer's subject spectrum calibration (trainers.gan.calibrate_subject_spectrum) fits it, so each
-        # subject's generated mean power spectrum equals its real one while the class calibration above keeps
-        # the pool's class difference.
-        self.register_buffer("subject_calibration",
-                             torch.ones(max(n, 1), self.config.n_chans, self.config.n_times // 2 + 1, device=device))
+        # Per-subject, per-class, per-channel magnitude response (one shared without subjects): ones until the
+        # trainer's subject spectrum calibration (trainers.gan.calibrate_subject_spectrum) fits it, so each
+        # subject's generated mean power spectrum (classes pooled, or per class) equals its real one.
+        self.register_buffer("subject_calibration", torch.ones(max(n, 1), self.config.class_count, self.config.n_chans,
+                                                               self.config.n_times // 2 + 1, device=device))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Runs saved before subject_mixing existed (session 21) load with the identity: their output is unchanged.
@@ -376,7 +375,7 @@ class GPT2Generator(nn.Module):
             proj = torch.einsum("nkc,bcf,nf->bnkf", u, spec, self.class_basis.to(spec.dtype))
             scale = torch.expm1(self.class_gain[y]).to(spec.dtype)                        # (B, nb, k)
             spec = spec + torch.einsum("nkc,bnkf->bcf", u, proj * scale[..., None])
-        per_subject = self.subject_calibration[subject] if c.subject_count else self.subject_calibration[:1]
+        per_subject = self.subject_calibration[subject if c.subject_count else 0, y]
         spec = spec * (self.band_response * self.calibration[y] * per_subject)
         # Last, so the fitted subject covariance is exact: a per-channel filter after a mixing would not commute
         # with it, and leaks a tiny share of the strong directions into the weakest ones, which CSP reads.

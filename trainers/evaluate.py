@@ -40,8 +40,9 @@ CANDIDATES = ("gan", "phase_random", "real")
 DEFAULTS = {"n_per_class": None, "augment_trials": [5, 10, 20], "augment_seeds": 3, "augment_per_class": 40,
             "classifier_steps": 100, "classifier_batch": 32, "classifier_lr": 0.003, "architecture": None, "fd_dims": 32,
             "csp_components": 6, "reference_seeds": 3, "tstr_seeds": 3, "figures": True, "subjects": None}
-CACHE_VERSION = 5  # 2: band-power LDA in the decoding references; 3: per-trial correctness (intervals);
-# 4: the phase-randomised candidate's CNN averaged over evaluation.tstr_seeds; 5: the pool in load order
+CACHE_VERSION = 6  # 2: band-power LDA in the decoding references; 3: per-trial correctness (intervals);
+# 4: the phase-randomised candidate's CNN averaged over evaluation.tstr_seeds; 5: the pool in load order;
+# 6: candidates' distribution subsets in the real half's subject mix
 
 
 def settings(cfg: dict) -> dict:
@@ -75,6 +76,7 @@ class RealData:
         self.sfreq, self.ch_names = float(te.sfreq), list(te.ch_names)
         a, b = M.split_halves(te.y, cfg["seed"], te.subject)
         self.X_a, self.y_a, self.X_b, self.y_b = te.X[a], te.y[a], te.X[b], te.y[b]
+        self.subject_a = te.subject[a]
         self.scale = np.maximum(self.X_pool.std(axis=(0, 2)), 1e-30)
 
     @property
@@ -89,6 +91,28 @@ def _only_subjects(trials, subjects, what: str):
         raise UserError(f"config key 'evaluation.subjects': the {what} trials hold no trials of subject(s) "
                         f"{missing} (they hold {sorted(np.unique(trials.subject).tolist())})")
     return trials.subset(np.isin(trials.subject, subjects))
+
+
+def _subset_like(X, y, subject, ref_y, ref_subject, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Trials of (X, y) in the class counts of the reference labels ref_y and, when both sides have subject
+    numbers, in its (subject, class) counts (topped up from the rest of the class where a subject has too few).
+    Why: the real half A that a candidate's distribution metrics are compared with is stratified by subject
+    (utils.metrics.split_halves), and subjects' power differs several-fold; a candidate subset with a chance
+    subject mix moved its class-mean mu/beta power by 20-45% at C3/Cz/C4 (bench/RESULTS.md, session 25)."""
+    if subject is None or ref_subject is None:
+        return _subset_by_counts(X, y, [int((ref_y == c).sum()) for c in (0, 1)], rng)
+    subject, idx = np.asarray(subject), []
+    for c in (0, 1):
+        chosen = []
+        for u in np.unique(ref_subject):
+            need = int(((ref_subject == u) & (ref_y == c)).sum())
+            chosen.extend(rng.permutation(np.flatnonzero((subject == u) & (y == c)))[:need].tolist())
+        short = int((ref_y == c).sum()) - len(chosen)
+        if short > 0:
+            chosen.extend(rng.permutation(np.setdiff1d(np.flatnonzero(y == c), chosen))[:short].tolist())
+        idx.extend(chosen)
+    idx = np.asarray(idx, dtype=int)
+    return X[idx], y[idx]
 
 
 def _subset_by_counts(X, y, counts, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +246,7 @@ class Evaluator:
         """Floor and phase-randomised baseline for every metric, plus real-only low-data accuracies."""
         r = self.real
         rng = np.random.default_rng(self.seed + 11)
-        Xp, yp = _subset_by_counts(r.X_pool, r.y_pool, r.counts_a, rng)
+        Xp, yp = _subset_like(r.X_pool, r.y_pool, r.subject_pool, r.y_a, r.subject_a, rng)
         phase_dist = M.phase_randomize(Xp, self.seed + 12)
         phase_pool = M.phase_randomize(r.X_pool, self.seed + 13)
         steps = tqdm(total=5, desc="evaluation references", disable=not self.progress, leave=False)
@@ -241,11 +265,12 @@ class Evaluator:
         steps.close()
         return out
 
-    def score_generated(self, X_gen, y_gen, seed: int) -> dict:
-        """Every metric for generated trials (X_gen holds at least augment_per_class per class)."""
+    def score_generated(self, X_gen, y_gen, seed: int, subject=None) -> dict:
+        """Every metric for generated trials (X_gen holds at least augment_per_class per class; `subject`
+        their subject numbers when the generator is subject-conditioned)."""
         r = self.real
         rng = np.random.default_rng(seed)
-        Xd, yd = _subset_by_counts(X_gen, y_gen, r.counts_a, rng)
+        Xd, yd = _subset_like(X_gen, y_gen, subject, r.y_a, r.subject_a, rng)
         out = {"distribution": self.distribution(Xd, yd), "decoding": self.decoding(X_gen, y_gen, seed + 3)}
         m = self.s["augment_per_class"]
 
@@ -528,14 +553,14 @@ def write_report(folder: Path, result: dict, figures: dict) -> Path:
     return path
 
 
-def render_figures(folder: Path, ev: Evaluator, X_gen, y_gen, round_dir: Path) -> dict:
+def render_figures(folder: Path, ev: Evaluator, X_gen, y_gen, round_dir: Path, s_gen=None) -> dict:
     from utils import figures as F
 
     r = ev.real
     fig_dir = folder / "evaluation"
     n = min(len(r.y_test), len(y_gen))
     rng = np.random.default_rng(ev.seed)
-    Xg, yg = _subset_by_counts(X_gen, y_gen, [int((r.y_test == c).sum()) for c in (0, 1)], rng)
+    Xg, yg = _subset_like(X_gen, y_gen, s_gen, r.y_test, r.subject_test, rng)
     Xp = M.phase_randomize(r.X_pool[:n], ev.seed + 5)
     out = {"trials": F.plot_trials(r.X_test, r.y_test, Xg, yg, r.sfreq, r.ch_names, fig_dir / "trials.png"),
            "psd": F.plot_psd(r.X_test, r.y_test, Xg, yg, r.sfreq, r.ch_names, fig_dir / "psd.png"),
@@ -576,8 +601,8 @@ def evaluate_round(round_dir, cfg: dict, device="cpu", progress: bool = True, re
     s = ev.s
     n_per_class = s["n_per_class"] or int(np.bincount(r.y_pool, minlength=2).max())
     n_per_class = max(n_per_class, s["augment_per_class"], max(r.counts_a))
-    X_gen, y_gen = bundle.sample(n_per_class, seed + 100)
-    gan = ev.score_generated(X_gen, y_gen, seed + 200)
+    X_gen, y_gen, s_gen = bundle.sample_subjects(n_per_class, seed + 100)
+    gan = ev.score_generated(X_gen, y_gen, seed + 200, subject=s_gen)
     result = {"model_name": cfg["model_name"], "round_dir": str(round_dir), "seed": seed,
               "data": r.info, "n_test": int(len(r.y_test)), "n_pool": int(len(r.y_pool)),
               "n_candidate": int(len(r.y_a)), "n_generated_per_class": n_per_class, "settings": s,
@@ -587,7 +612,7 @@ def evaluate_round(round_dir, cfg: dict, device="cpu", progress: bool = True, re
     result["augmentation"] = augmentation_table(result)
     result["test_subject"] = r.subject_test.tolist()
     result["tstr_uncertainty"] = tstr_uncertainty([result["candidates"]], r.subject_test, seed + 300)
-    figures = render_figures(round_dir, ev, X_gen, y_gen, round_dir) if s["figures"] else {}
+    figures = render_figures(round_dir, ev, X_gen, y_gen, round_dir, s_gen) if s["figures"] else {}
     result["time_s"] = round(time.time() - t0, 2)
     result["headline"] = headline(result)
     result["figures"] = {k: str(Path(v).relative_to(round_dir)) for k, v in figures.items() if v}

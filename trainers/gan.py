@@ -915,26 +915,27 @@ def covariance_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def calibrate_subjects(generator, X: torch.Tensor, y: torch.Tensor, subject, sfreq: float, mode: str, seed: int,
                        device) -> dict:
-    """gan.calibrate_subject after gan.calibrate: "covariance" (calibrate_subject_covariance), "spectrum"
-    (calibrate_subject_spectrum) or "none"."""
-    if mode == "spectrum":
-        return calibrate_subject_spectrum(generator, X, y, subject, sfreq, seed, device)
+    """gan.calibrate_subject after gan.calibrate: "covariance" (calibrate_subject_covariance), "spectrum" or
+    "class_spectrum" (calibrate_subject_spectrum, classes pooled or per class) or "none"."""
+    if mode in ("spectrum", "class_spectrum"):
+        return calibrate_subject_spectrum(generator, X, y, subject, sfreq, seed, device, per_class=mode == "class_spectrum")
     return calibrate_subject_covariance(generator, X, subject, mode, seed, device)
 
 
 @torch.no_grad()
 def calibrate_subject_spectrum(generator, X: torch.Tensor, y: torch.Tensor, subject, sfreq: float, seed: int, device,
-                               n_per_class: int = 128, smooth_hz: float = 2.0) -> dict:
+                               per_class: bool = False, n_per_class: int = 128, smooth_hz: float = 2.0) -> dict:
     """Fit the generator's `subject_calibration` so each subject's generated mean power spectrum per
-    channel (the mean of its two class means) equals that of its real trials X (standardized units, labels
-    y, `subject` their subject numbers). Without subject conditioning one shared response is fitted.
+    channel (the mean of its two class means; per_class: each class mean) equals that of its real trials X
+    (standardized units, labels y, `subject` their subject numbers). Without subject conditioning one shared
+    response is fitted.
 
     Why: gan.calibrate fits the class-mean spectra of the whole pool, so a subject drawn on its own
     (evaluation.subjects, generate --subjects) keeps whatever level the generator learned for it, and
     subjects' power differs several-fold: the ten-subject generator drawn for S006-S010 was 20-45% low in
-    mu power at C3/Cz/C4 (bench/RESULTS.md, session 25). Pooled over classes so that a subject's few trials
-    set its level and shape but not its class difference, whose per-subject sampling noise would become
-    class structure. n_per_class trials per class are drawn for every subject. Returns the mean absolute
+    mu power at C3/Cz/C4 (bench/RESULTS.md, session 25). Pooled over classes, a subject's few trials set its
+    level and shape but not its class difference; per class they set that too, sampling noise included.
+    n_per_class trials per class are drawn for every subject. Returns the mean absolute
     dB difference of the subjects' generated and real mean spectra in the pass band, before and after
     (a fresh draw for "after")."""
     gen = dist.unwrap(generator)
@@ -944,10 +945,10 @@ def calibrate_subject_spectrum(generator, X: torch.Tensor, y: torch.Tensor, subj
     k = _smoothing_bins(sfreq, X.shape[-1], smooth_hz)
     labels = torch.arange(classes).repeat_interleave(n_per_class)
 
-    def spectrum(x: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:   # (C, F)
-        return _class_psd(x, lab, classes, k, pooled=True)[0]
+    def spectrum(x: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:   # (classes, C, F)
+        return _class_psd(x, lab, classes, k, pooled=not per_class)
 
-    def fake_spectra(draw_seed: int) -> torch.Tensor:                    # (units, C, F)
+    def fake_spectra(draw_seed: int) -> torch.Tensor:                    # (units, classes, C, F)
         g = torch.Generator().manual_seed(draw_seed)
         was = gen.training
         gen.eval()
@@ -1081,10 +1082,11 @@ def _class_psd(x: torch.Tensor, labels: torch.Tensor, classes: int, k: int, pool
 
 def _passband_gain(gen, power_ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Amplitude gain sqrt(power_ratio), clipped to [0.5, 2] (a 4x power correction at most) and 1
-    outside the generator's pass band, as float32; and the pass-band mask over rfft bins."""
+    outside the generator's pass band or where the ratio is undefined, as float32; and the pass-band mask."""
     passband = gen.band_response.detach().cpu().double().pow(2) > 0.01  # X and the samples are on the CPU
     gain = power_ratio.sqrt().clamp(0.5, 2.0)
-    return torch.where(passband, gain, torch.ones_like(gain)).float(), passband
+    keep = passband & torch.isfinite(gain)  # a class a subject has no trials of keeps its response
+    return torch.where(keep, gain, torch.ones_like(gain)).float(), passband
 
 
 def build_optimizers(cfg: dict, G, D) -> tuple[torch.optim.Adam, torch.optim.Adam]:

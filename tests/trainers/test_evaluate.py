@@ -53,13 +53,13 @@ class CopyingBundle:
         from data.dataset import load_splits
 
         sp = load_splits(cfg, progress=False)
-        self.X, self.y = sp.train.X, sp.train.y
+        self.X, self.y, self.subject = sp.train.X, sp.train.y, sp.train.subject
         self.ch_names, self.sfreq, self.n_times, self.n_chans = sp.train.ch_names, sp.train.sfreq, sp.train.n_times, sp.train.n_chans
 
-    def sample(self, n_per_class, seed):
+    def sample_subjects(self, n_per_class, seed):
         rng = np.random.default_rng(seed)
         idx = np.concatenate([rng.choice(np.flatnonzero(self.y == c), n_per_class) for c in (0, 1)])
-        return self.X[idx], self.y[idx]
+        return self.X[idx], self.y[idx], self.subject[idx]
 
 
 def test_evaluate_round_writes_report_figures_and_headline(make_cfg, tmp_path):
@@ -226,3 +226,24 @@ def test_targets_say_whether_a_miss_is_beyond_the_noise_of_the_held_out_set():
     met = targets_status({"eval_tstr_band": 0.70, "eval_tstr_band_floor": 0.60, "eval_tstr_band_bar_diff": 0.12,
                           "eval_tstr_band_bar_diff_lo": 0.02, "eval_tstr_band_bar_diff_hi": 0.2})
     assert "**met**. " in met[0] and "beyond the noise of the held-out trials" in met[0]
+
+
+def test_candidate_subsets_take_the_real_halfs_subject_and_class_mix():
+    from trainers.evaluate import _subset_like
+
+    rng = np.random.default_rng(0)
+    # 200 candidate trials over subjects 3 and 7 (subject 7 has only 2 right-hand trials), each trial's value
+    # its own index, so the chosen trials can be traced back.
+    subject = np.repeat([3, 7], 100)
+    y = np.concatenate([np.repeat([0, 1], 50), np.r_[np.zeros(98, int), np.ones(2, int)]])
+    X = np.arange(200, dtype=float)[:, None, None]
+    ref_y, ref_subject = np.array([0, 0, 0, 1, 1, 0, 1, 1, 1]), np.array([3, 3, 3, 3, 3, 7, 7, 7, 7])
+    Xs, ys = _subset_like(X, y, subject, ref_y, ref_subject, rng)
+    picked = Xs[:, 0, 0].astype(int)
+    assert len(set(picked)) == len(picked) == 9 and np.all(y[picked] == ys)
+    got = {(u, c): int(np.sum((subject[picked] == u) & (ys == c))) for u in (3, 7) for c in (0, 1)}
+    # Subject 7's third right-hand trial is short: it comes from the rest of the right-hand trials (subject 3).
+    assert got == {(3, 0): 3, (3, 1): 3, (7, 0): 1, (7, 1): 2}
+    # Without subjects (a generator not conditioned on subject) only the class counts are kept.
+    Xs, ys = _subset_like(X, y, None, ref_y, ref_subject, rng)
+    assert np.bincount(ys).tolist() == [4, 5]

@@ -642,6 +642,23 @@ def test_subject_spectrum_calibration_gives_each_subject_its_real_mean_spectrum(
     assert torch.equal(fresh(z, yy, idx), gen(z, yy, idx))
 
 
+def test_class_spectrum_calibration_gives_each_subject_and_class_its_real_mean_spectrum():
+    gen = _subject_generator()
+    X, y, s = gan.generate(gen, 300, seed=1, device="cpu", return_subjects=True)
+    # Subject 5's right-hand trials lose 40% of their power at the first two channels; nothing else changes.
+    X = X * torch.where(((s == 5) & (y == 1))[:, None, None], torch.tensor([0.6, 0.6, 1.0, 1.0]).sqrt()[:, None], 1.0)
+    pooled = _subject_generator()
+    pooled.load_state_dict(gen.state_dict())
+    gan.calibrate_subjects(pooled, X, y, s.numpy(), 160.0, "spectrum", seed=3, device="cpu")
+    gan.calibrate_subjects(gen, X, y, s.numpy(), 160.0, "class_spectrum", seed=3, device="cpu")
+    for g, worst in ((gen, 0.12), (pooled, 0.15)):  # pooled: both classes of subject 5 get the mean, 20% off
+        Xg, yg, sg = gan.generate(g, 300, seed=7, device="cpu", return_subjects=True)
+        real = band_power(X[(s == 5) & (y == 1)].numpy(), 160.0, (8.0, 30.0)).mean(0)
+        fake = band_power(Xg[(sg == 5) & (yg == 1)].numpy(), 160.0, (8.0, 30.0)).mean(0)
+        err = np.abs(fake / real - 1)[:2].max()
+        assert (err < worst) if g is gen else (err > worst)
+
+
 def test_subject_covariance_calibration_key_is_validated():
     from config.schema import load_config
     from utils.errors import UserError
@@ -649,5 +666,6 @@ def test_subject_covariance_calibration_key_is_validated():
     root = Path(__file__).resolve().parents[2] / "config" / "config.json"
     assert load_config(root, ["gan.calibrate_subject=covariance"])["gan"]["calibrate_subject"] == "covariance"
     assert load_config(root, ["gan.calibrate_subject=spectrum"])["gan"]["calibrate_subject"] == "spectrum"
+    assert load_config(root, ["gan.calibrate_subject=class_spectrum"])["gan"]["calibrate_subject"] == "class_spectrum"
     with pytest.raises(UserError, match="gan.calibrate_subject"):
         load_config(root, ["gan.calibrate_subject=whiten"])
