@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -309,17 +310,41 @@ def plot_curves(rows: list[dict], path: Path, kept_epoch: int | None = None) -> 
 
 # --- loading ------------------------------------------------------------------------------------
 
-def load_classifier(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
+def load_classifier(run_dir, device="cpu", all_rounds: bool = False) -> tuple[torch.nn.Module, dict]:
     """A trained classifier in eval mode with frozen weights, and its metadata (incl. a Standardizer).
 
     `run_dir` may be a run folder, `<output_dir>/classifier/latest` or the model folder; a run with
-    several rounds gives round-0's model.
+    several rounds gives round-0's model, or with all_rounds (finetune.classifier_rounds = "all") every
+    round's model as one models.classifier_ensemble.ClassifierEnsemble taking round-0's units (the
+    metadata is round-0's, with "ensemble" the number of members).
     """
+    run = resolve_run_dir(run_dir, "classifier run folder")
+    if (run / META).is_file():
+        folders = [run]
+    else:
+        folders = sorted((d for d in run.glob("round-*") if re.fullmatch(r"round-\d+", d.name)),
+                         key=lambda d: int(d.name.split("-")[1]))
+        folders = folders if all_rounds and folders else [run / "round-0"]
+    loaded = [_load_one_classifier(run_dir, folder, device) for folder in folders]
+    model, meta = loaded[0]
+    if len(loaded) == 1:
+        return model, meta
+    from models.classifier_ensemble import ClassifierEnsemble
+
+    for folder, (_, m) in zip(folders[1:], loaded[1:]):
+        if any(m.get(k) != meta.get(k) for k in ("architecture", "ch_names", "n_times", "sfreq", "n_outputs")):
+            raise UserError(f"classifier run folder {run_dir}: {folder.name} differs from round-0 in architecture, "
+                            "channels, length or rate, so its rounds cannot be read as one classifier")
+    stds = [m["standardizer"] for _, m in loaded]
+    ensemble = ClassifierEnsemble([m for m, _ in loaded], [s.std for s in stds], [s.mean for s in stds])
+    ensemble.to(device).eval()
+    return ensemble, {**meta, "ensemble": len(loaded)}
+
+
+def _load_one_classifier(run_dir, folder: Path, device) -> tuple[torch.nn.Module, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    run = resolve_run_dir(run_dir, "classifier run folder")
-    folder = run if (run / META).is_file() else run / "round-0"
     if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
         raise UserError(f"classifier run folder {run_dir}: no {META}/{WEIGHTS} (unfinished or not a classifier run)")
     try:

@@ -147,7 +147,8 @@ def adapt_to_target(generator, critic, cfg: dict, pretrained_info: dict, target_
 def load_frozen_classifier(cfg: dict, device):
     from trainers.classifier import load_classifier
 
-    model, meta = load_classifier(cfg["pretrained_classifier_path"], device)
+    model, meta = load_classifier(cfg["pretrained_classifier_path"], device,
+                                  all_rounds=cfg["finetune"]["classifier_rounds"] == "all")
     kinds = CLASSIFIER_KINDS[cfg["model_name"]]
     if meta["architecture"] not in kinds:
         raise UserError(f"config key 'pretrained_classifier_path': {cfg['model_name']} needs a "
@@ -214,6 +215,7 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
                   "pretrained_from": str(bundle.folder) if bundle is not None else None,
                   "classifier_from": str(cfg["pretrained_classifier_path"]),
                   "classifier_architecture": cmeta["architecture"],
+                  "classifier_members": cmeta.get("ensemble", 1),
                   "finetune_reinit": reinit}
     summary = fit_gan(cfg, round_dir, device, seed, resume, splits, standardizer, generator, critic,
                       extra_loss=extra, meta_extra=meta_extra, adv_weight=cfg["finetune"]["adv_weight"])

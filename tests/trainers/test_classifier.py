@@ -81,6 +81,7 @@ def test_run_folder_contents_and_load_classifier(make_cfg):
     assert latest.resolve() == run_dir.resolve()
 
     model, meta = clf.load_classifier(latest)
+    assert "ensemble" not in clf.load_classifier(latest, all_rounds=True)[1]  # one round: the model itself
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert meta["architecture"] == "stft" and meta["n_chans"] == 21 and meta["n_times"] == 640
     # The reloaded model reproduces the reported test accuracy on the untouched test split.
@@ -99,8 +100,19 @@ def test_rounds_give_per_round_values_and_mean_std(make_cfg):
     assert s["test_accuracy_std"] == pytest.approx(np.std(accs))
     assert (run_dir / "round-0" / "classifier.safetensors").is_file()
     assert (run_dir / "round-1" / "metrics.jsonl").is_file()
-    model, _ = clf.load_classifier(run_dir)  # a multi-round run loads round-0
-    assert model is not None
+    model, meta = clf.load_classifier(run_dir)  # a multi-round run loads round-0
+    assert "ensemble" not in meta
+    # finetune.classifier_rounds=all: every round's model read as one, taking round-0's units; each member
+    # sees the trials in its own units (the rounds' training splits, so their standardizers, differ).
+    ens, emeta = clf.load_classifier(run_dir, all_rounds=True)
+    assert emeta["ensemble"] == 2 and not any(p.requires_grad for p in ens.parameters())
+    X = load_splits(cfg, progress=False).test.X
+    members = [clf._load_one_classifier(run_dir, run_dir / f"round-{i}", CPU) for i in (0, 1)]
+    assert not np.allclose(members[0][1]["standardizer"].mean, members[1][1]["standardizer"].mean)
+    expected = torch.stack([torch.log_softmax(m(torch.from_numpy(mt["standardizer"].transform(X))), -1)
+                            for m, mt in members]).mean(0)
+    got = ens(torch.from_numpy(meta["standardizer"].transform(X)))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_interrupt_then_resume_continues_bit_identically(make_cfg, tmp_path, monkeypatch):

@@ -15,7 +15,8 @@ TRIO = 'data.channels=["C3","Cz","C4"]'
 
 @pytest.fixture(scope="module")
 def assets(data_path, cache_dir, tmp_path_factory):
-    """A pretrained GAN (executed runs), a shallow classifier (21 channels), an stft classifier (C3/Cz/C4)."""
+    """A pretrained GAN (executed runs), a shallow classifier (21 channels), an stft classifier (C3/Cz/C4,
+    two rounds)."""
     from config.schema import apply_overrides, validate
 
     folder = tmp_path_factory.mktemp("ft")
@@ -33,7 +34,7 @@ def assets(data_path, cache_dir, tmp_path_factory):
         mp.setattr(gan, "_evaluate", lambda *a, **k: {})
         runs = {"gan": train("gan", "model_name=gpt2cgan", "pretrain_data.task=execution", *GAN),
                 "shallow": train("shallow", "model_name=classifier", "classifier.architecture=shallow"),
-                "stft": train("stft", "model_name=classifier", "classifier.architecture=stft", TRIO)}
+                "stft": train("stft", "model_name=classifier", "classifier.architecture=stft", TRIO, "rounds=2")}
     return base, folder, runs
 
 
@@ -91,9 +92,10 @@ def test_gpt2scnn_from_scratch_is_the_ablation(assets, tmp_path, monkeypatch):
     _, _, runs = assets
     assert finetune(assets, tmp_path, monkeypatch, "model_name=gpt2scnn", "fine_tune=false", TRIO,
                     "pretrained_finetune_path=/does/not/matter",
-                    f"pretrained_classifier_path={runs['stft']}") == 0
+                    f"pretrained_classifier_path={runs['stft']}", "finetune.classifier_rounds=all") == 0
     meta = json.loads((tmp_path / "checkpoints" / "gpt2scnn" / "latest" / "gan.json").read_text())
     assert meta["fine_tune"] is False and meta["pretrained_from"] is None and meta["n_chans"] == 3
+    assert meta["classifier_members"] == 2  # both rounds of the classifier run, as one ensemble
 
 
 @pytest.mark.parametrize("case, overrides, message", [
