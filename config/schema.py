@@ -289,9 +289,10 @@ SCHEMA: dict[str, Any] = {
         "cls_noise": _float(0.0, "standard deviation of Gaussian noise, in real-data standard deviations per "
                             "channel, added to generated trials before the frozen classifier scores them (0: none)",
                             lo=0),
-        "classifier_rounds": _str("first", "which models of a pretrained_classifier_path run with several rounds "
-                                  "the frozen-classifier loss reads: first (round-0) or all (their ensemble: the mean "
-                                  "of their log-probabilities)", choices=("first", "all")),
+        "classifier_rounds": _str("all", "which models of a pretrained_classifier_path run with several rounds "
+                                  "the frozen-classifier loss reads: all (their ensemble: the mean of their "
+                                  "log-probabilities) or first (round-0, as before session 25)",
+                                  choices=("all", "first")),
         "reinit": Spec((str, list), "auto", "parts of the pretrained GAN restarted on the target data before "
                        "fine-tuning: critic (a fresh critic), output (the generator's spatial mixing, per-trial "
                        "gain and calibration, from the target trials), class (a fresh class embedding); auto: all "
