@@ -579,6 +579,16 @@ def _subject_generator(subjects=(2, 5), n_chans=4):
                                              subjects=list(subjects))).eval()
 
 
+def _assert_reloads_without(gen, key, z, y, idx, uncalibrated):
+    """gen's state dict reloads into a fresh generator with the same output; without `key` (a run saved
+    before that buffer existed) it gives the output from before the calibration that fitted it."""
+    fresh = _subject_generator()
+    fresh.load_state_dict({k: v for k, v in gen.state_dict().items() if k != key})
+    assert torch.equal(fresh(z, y, idx), uncalibrated)
+    fresh.load_state_dict(gen.state_dict())
+    assert torch.equal(fresh(z, y, idx), gen(z, y, idx))
+
+
 def test_subject_covariance_calibration_makes_each_subject_mean_covariance_the_real_one():
     gen = _subject_generator()
     # A spectral calibration that differs from channel to channel, as gan.calibrate leaves one: the mixing
@@ -601,12 +611,7 @@ def test_subject_covariance_calibration_makes_each_subject_mean_covariance_the_r
         real, fake = gan._mean_cov(X[s == u]), gan._mean_cov(Xg[sg == u])
         assert torch.allclose(fake, real, rtol=0.1, atol=0.1 * real.diagonal().mean().item())
     # Saved and reloaded, the mixing is part of the generator; a run saved before it existed loads as identity.
-    state = {k: v for k, v in gen.state_dict().items() if k != "subject_mixing"}
-    fresh = _subject_generator()
-    fresh.load_state_dict(state)
-    assert torch.equal(fresh(z, y, idx), before)
-    fresh.load_state_dict(gen.state_dict())
-    assert torch.equal(fresh(z, y, idx), gen(z, y, idx))
+    _assert_reloads_without(gen, "subject_mixing", z, y, idx, before)
 
 
 def test_subject_spectrum_calibration_gives_each_subject_its_real_mean_spectrum():
@@ -634,12 +639,7 @@ def test_subject_spectrum_calibration_gives_each_subject_its_real_mean_spectrum(
         fake = band_power(Xg[sg == u].numpy(), 160.0, (8.0, 30.0)).mean(0)
         np.testing.assert_allclose(fake, real, rtol=0.12)
     # Saved and reloaded, the response is part of the generator; a run saved before it existed loads as ones.
-    state = {k: v for k, v in gen.state_dict().items() if k != "subject_calibration"}
-    fresh = _subject_generator()
-    fresh.load_state_dict(state)
-    assert torch.equal(fresh(z, yy, idx), before)
-    fresh.load_state_dict(gen.state_dict())
-    assert torch.equal(fresh(z, yy, idx), gen(z, yy, idx))
+    _assert_reloads_without(gen, "subject_calibration", z, yy, idx, before)
 
 
 def test_class_spectrum_calibration_gives_each_subject_and_class_its_real_mean_spectrum():
