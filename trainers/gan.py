@@ -932,8 +932,8 @@ def calibrate_subject_spectrum(generator, X: torch.Tensor, y: torch.Tensor, subj
 
     Why: gan.calibrate fits the class-mean spectra of the whole pool, so a subject drawn on its own
     (evaluation.subjects, generate --subjects) keeps whatever level the generator learned for it, and
-    subjects' power differs several-fold: the ten-subject generator drawn for S006-S010 was 20-45% low in
-    mu power at C3/Cz/C4 (bench/RESULTS.md, session 25). Pooled over classes, a subject's few trials set its
+    subjects' power differs several-fold: the ten-subject generator's S006-S010 spectra were 1.2-1.4 dB off
+    their real ones on average (bench/RESULTS.md, session 25). Pooled over classes, a subject's few trials set its
     level and shape but not its class difference; per class they set that too, sampling noise included.
     n_per_class trials per class are drawn for every subject. Returns the mean absolute
     dB difference of the subjects' generated and real mean spectra in the pass band, before and after
@@ -953,7 +953,7 @@ def calibrate_subject_spectrum(generator, X: torch.Tensor, y: torch.Tensor, subj
         was = gen.training
         gen.eval()
         out = []
-        for i, _ in enumerate(units):
+        for i in range(len(units)):
             z = gen.sample_noise(len(labels), generator=g)
             s = torch.full((len(labels),), i, dtype=torch.long).to(device) if units[0] is not None else None
             out.append(spectrum(gen(z.to(device), labels.to(device), s).cpu(), labels))
