@@ -97,8 +97,9 @@ def _subset_like(X, y, subject, ref_y, ref_subject, rng) -> tuple[np.ndarray, np
     """Trials of (X, y) in the class counts of the reference labels ref_y and, when both sides have subject
     numbers, in its (subject, class) counts (topped up from the rest of the class where a subject has too few).
     Why: the real half A that a candidate's distribution metrics are compared with is stratified by subject
-    (utils.metrics.split_halves), and subjects' power differs several-fold; a candidate subset with a chance
-    subject mix moved its class-mean mu/beta power by 20-45% at C3/Cz/C4 (bench/RESULTS.md, session 25)."""
+    (utils.metrics.split_halves), and subjects' power differs several-fold, so a candidate subset with a chance
+    subject mix carried that mix as noise (the pooled ten-subject pretrained GAN: Fréchet 201 with it, 106
+    without; bench/RESULTS.md, session 25)."""
     if subject is None or ref_subject is None:
         return _subset_by_counts(X, y, [int((ref_y == c).sum()) for c in (0, 1)], rng)
     subject, idx = np.asarray(subject), []
