@@ -172,6 +172,8 @@ SCHEMA: dict[str, Any] = {
         "augment_shift_s": _float(0.0, "training augmentation: random circular time shift up to +-this, s",
                                   lo=0, hi=10),
         "augment_scale": _float(0.0, "training augmentation: amplitude scaled by 1 + this * N(0, 1)", lo=0, hi=1),
+        "augment_noise": _float(0.0, "training augmentation: white Gaussian noise of this many standard deviations "
+                                "per channel added to every sample", lo=0, hi=10),
         "alignment": _str("none", "euclidean: whiten each subject by its training trials' mean covariance",
                           choices=("none", "euclidean")),
     },

@@ -120,13 +120,19 @@ def _lr_at(cfg: dict, epoch: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warm) / span)))
 
 
-def _augment(x: torch.Tensor, cfg: dict, gen_noise: torch.Tensor, gen_shift: torch.Tensor) -> torch.Tensor:
-    """Label-preserving jitter: a random circular time shift and a random amplitude scale per trial."""
+def _augment(x: torch.Tensor, cfg: dict, gen_noise: torch.Tensor, gen_shift: torch.Tensor,
+             white: torch.Tensor | None = None) -> torch.Tensor:
+    """Label-preserving jitter: a random circular time shift and a random amplitude scale per trial, and
+    white noise (`white`, N(0, 1) per sample, times classifier.augment_noise) on the standardized trials. A
+    classifier trained on noisy trials is what `finetune.cls_noise` needs: its gradient, averaged over
+    that noise, is then the gradient of a classifier of noisy trials, not of one that never saw noise."""
     c = cfg["classifier"]
     if c["augment_shift_s"] > 0:
         x = torch.stack([torch.roll(xi, int(s), dims=-1) for xi, s in zip(x, gen_shift.tolist())])
     if c["augment_scale"] > 0:
         x = x * (1 + c["augment_scale"] * gen_noise)[:, None, None]
+    if white is not None and c["augment_noise"] > 0:
+        x = x + c["augment_noise"] * white
     return x
 
 
@@ -185,11 +191,13 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
             for step, idx in enumerate(batches(epoch_order(n, cfg["buffer_size"], seed, epoch), bs)):
                 # Randomness for the GLOBAL batch, then this rank's slice: same draws whatever the world size.
                 noise, shift = torch.randn(len(idx)), torch.randint(-shift_max, shift_max + 1, (len(idx),))
+                white = torch.randn((len(idx),) + tuple(Xtr.shape[1:])) if c["augment_noise"] > 0 else None
                 sl = local_slice(len(idx))
                 if sl.start >= sl.stop:  # DDP: a last batch smaller than the world size
                     continue
                 idx_t = torch.as_tensor(idx[sl], device=device)
-                xb = _augment(Xtr[idx_t], cfg, noise[sl].to(device), shift[sl])
+                xb = _augment(Xtr[idx_t], cfg, noise[sl].to(device), shift[sl],
+                              None if white is None else white[sl].to(device))
                 yb = ytr[idx_t]
                 with autocast(cfg, device):  # training.bf16 on CUDA; nothing on CPU
                     logits = net(xb)
@@ -310,13 +318,19 @@ def plot_curves(rows: list[dict], path: Path, kept_epoch: int | None = None) -> 
 
 # --- loading ------------------------------------------------------------------------------------
 
-def load_classifier(run_dir, device="cpu", all_rounds: bool = False) -> tuple[torch.nn.Module, dict]:
+def load_classifier(run_dir, device="cpu", all_rounds: bool = False,
+                    subjects: list[int] | None = None) -> tuple[torch.nn.Module, dict]:
     """A trained classifier in eval mode with frozen weights, and its metadata (incl. a Standardizer).
 
     `run_dir` may be a run folder, `<output_dir>/classifier/latest` or the model folder; a run with
     several rounds gives round-0's model, or with all_rounds (finetune.classifier_rounds = "all") every
     round's model as one models.classifier_ensemble.ClassifierEnsemble taking round-0's units (the
     metadata is round-0's, with "ensemble" the number of members).
+
+    A classifier trained with `classifier.alignment` reads trials whitened per subject. Given `subjects`
+    (subject numbers), it comes as a ClassifierEnsemble (of one or more members) that whitens each trial
+    itself, with its subject given as an index into `subjects`; without, round-0's model is returned as
+    trained, for inputs the caller has whitened.
     """
     run = resolve_run_dir(run_dir, "classifier run folder")
     if (run / META).is_file():
@@ -327,18 +341,35 @@ def load_classifier(run_dir, device="cpu", all_rounds: bool = False) -> tuple[to
         folders = folders if all_rounds and folders else [run / "round-0"]
     loaded = [_load_one_classifier(run_dir, folder, device) for folder in folders]
     model, meta = loaded[0]
-    if len(loaded) == 1:
+    aligned = meta.get("alignment", "none") != "none"
+    if aligned and subjects is None and len(loaded) > 1:
+        raise UserError(f"classifier run folder {run_dir}: its rounds were trained on trials whitened per "
+                        "subject, so they can be read as one only for trials of known subjects")
+    if len(loaded) == 1 and not (aligned and subjects is not None):
         return model, meta
     from models.classifier_ensemble import ClassifierEnsemble
 
     for folder, (_, m) in zip(folders[1:], loaded[1:]):
-        if any(m.get(k) != meta.get(k) for k in ("architecture", "ch_names", "n_times", "sfreq", "n_outputs")):
+        if any(m.get(k) != meta.get(k) for k in ("architecture", "ch_names", "n_times", "sfreq", "n_outputs",
+                                                  "alignment")):
             raise UserError(f"classifier run folder {run_dir}: {folder.name} differs from round-0 in architecture, "
-                            "channels, length or rate, so its rounds cannot be read as one classifier")
+                            "channels, length, rate or alignment, so its rounds cannot be read as one classifier")
     stds = [m["standardizer"] for _, m in loaded]
-    ensemble = ClassifierEnsemble([m for m, _ in loaded], [s.std for s in stds], [s.mean for s in stds])
+    whiteners = [_subject_whiteners(run_dir, folder, m, subjects) for folder, (_, m) in zip(folders, loaded)] \
+        if aligned else None
+    ensemble = ClassifierEnsemble([m for m, _ in loaded], [s.std for s in stds], [s.mean for s in stds], whiteners)
     ensemble.to(device).eval()
     return ensemble, {**meta, "ensemble": len(loaded)}
+
+
+def _subject_whiteners(run_dir, folder: Path, meta: dict, subjects: list[int]) -> np.ndarray:
+    """(len(subjects), C, C): the round's alignment whitener of each subject, in the order of `subjects`."""
+    table = meta.get("alignment_whiteners") or {}
+    missing = [f"S{int(s):03d}" for s in subjects if f"S{int(s):03d}" not in table]
+    if missing:
+        raise UserError(f"classifier run folder {run_dir}: {folder.name} was trained with alignment on "
+                        f"{', '.join(sorted(table)) or 'no subjects'}, so it cannot whiten trials of {', '.join(missing)}")
+    return np.stack([np.asarray(table[f"S{int(s):03d}"], np.float64) for s in subjects])
 
 
 def _load_one_classifier(run_dir, folder: Path, device) -> tuple[torch.nn.Module, dict]:

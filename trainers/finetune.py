@@ -144,20 +144,26 @@ def adapt_to_target(generator, critic, cfg: dict, pretrained_info: dict, target_
     return reinit
 
 
-def load_frozen_classifier(cfg: dict, device):
+def load_frozen_classifier(cfg: dict, device, subjects: list[int] | None = None):
+    """The frozen classifier of `pretrained_classifier_path`, as `finetune.classifier_rounds` asks. One trained
+    with `classifier.alignment` whitens each trial by its subject's real training trials, which needs the
+    subject of every generated trial: `subjects` are the generator's (trials give their index into it)."""
     from trainers.classifier import load_classifier
 
-    model, meta = load_classifier(cfg["pretrained_classifier_path"], device,
-                                  all_rounds=cfg["finetune"]["classifier_rounds"] == "all")
+    path = cfg["pretrained_classifier_path"]
+    model, meta = load_classifier(path, device)  # round-0 as trained: what it is, before reading it as asked
     kinds = CLASSIFIER_KINDS[cfg["model_name"]]
     if meta["architecture"] not in kinds:
         raise UserError(f"config key 'pretrained_classifier_path': {cfg['model_name']} needs a "
-                        f"{' or '.join(kinds)} classifier, {cfg['pretrained_classifier_path']} is "
-                        f"{meta['architecture']!r}")
-    if meta.get("alignment", "none") != "none":
+                        f"{' or '.join(kinds)} classifier, {path} is {meta['architecture']!r}")
+    if meta.get("alignment", "none") != "none" and subjects is None:
         raise UserError(f"config key 'pretrained_classifier_path': the classifier was trained with "
-                        f"classifier.alignment={meta['alignment']!r}, which needs a subject's trials; generated "
-                        "trials have no subject (train it with alignment none)")
+                        f"classifier.alignment={meta['alignment']!r}, which whitens each subject's trials; only a "
+                        "subject-conditioned generator's trials have a subject (gan.subject_condition true, and "
+                        "several target subjects)")
+    all_rounds = cfg["finetune"]["classifier_rounds"] == "all"
+    if all_rounds or meta.get("alignment", "none") != "none":
+        model, meta = load_classifier(path, device, all_rounds=all_rounds, subjects=subjects)
     return model, meta
 
 
@@ -169,16 +175,18 @@ def classifier_loss(classifier, gen_std: Standardizer, cls_std: Standardizer, we
     (finetune.cls_noise) adds Gaussian noise of that many real-data standard deviations per channel to
     the trials the classifier sees: the generator then follows the gradient of the classifier
     smoothed over a neighbourhood, not its exact one, which on a classifier that fits its few
-    training trials perfectly points along their idiosyncrasies."""
+    training trials perfectly points along their idiosyncrasies. The loss takes the trials' subject
+    indices too, which a classifier trained with alignment needs (a ClassifierEnsemble that whitens)."""
     # generator units -> volts -> classifier units, folded into one per-channel affine map.
     scale = torch.from_numpy(gen_std.std / cls_std.std).float().to(device)[:, None]
     shift = torch.from_numpy((gen_std.mean - cls_std.mean) / cls_std.std).float().to(device)[:, None]
+    whitens = bool(getattr(classifier, "aligned", False))
 
-    def loss(fake: torch.Tensor, y: torch.Tensor):
+    def loss(fake: torch.Tensor, y: torch.Tensor, subject: torch.Tensor | None = None):
         x = fake * scale + shift
         if noise > 0:
             x = x + noise * torch.randn_like(x)
-        logits = classifier(x)
+        logits = classifier(x, subject) if whitens else classifier(x)
         # Label smoothing eps over K classes puts 1 - eps + eps / K on the right one.
         k = logits.shape[1]
         ce = F.cross_entropy(logits, y, label_smoothing=(1 - target) * k / (k - 1))
@@ -192,11 +200,12 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
     from trainers.generate import load_generator
 
     seed_everything(seed)
-    classifier, cmeta = load_frozen_classifier(cfg, device)
-    bundle = load_generator(cfg["pretrained_finetune_path"], device, with_critic=True) if cfg["fine_tune"] else None
-    reinit = None
     splits = load_splits(cfg, seed=seed, progress=dist.is_main()).pooled()  # nothing is selected on validation
     train = splits.train
+    # The generator is conditioned on the target's training subjects (adapt_to_target, build_models).
+    classifier, cmeta = load_frozen_classifier(cfg, device, target_subjects(cfg, train))
+    bundle = load_generator(cfg["pretrained_finetune_path"], device, with_critic=True) if cfg["fine_tune"] else None
+    reinit = None
     check_matches(f"classifier {cfg['pretrained_classifier_path']}", cmeta, train, cfg["representation"])
     if bundle is not None:
         check_matches(f"pretrained GAN {cfg['pretrained_finetune_path']}", bundle.meta, train, cfg["representation"])
@@ -226,15 +235,29 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
 
 
 def _classifier_on_generated(classifier, splits, gen_std, cls_std, generator, seed, device) -> dict:
-    """Frozen classifier's accuracy on fresh generated trials vs on the real test trials."""
+    """Frozen classifier's accuracy on fresh generated trials vs on the real test trials. A classifier that
+    whitens per subject reads only the test trials of subjects the generator is conditioned on."""
     from trainers.gan import generate
 
     n = max(int(np.bincount(splits.test.y, minlength=2).max()), 2)
-    fake, y = generate(generator, n, seed + 2, device)
-    volts = gen_std.inverse(fake.numpy())
+    fake, y, subj = generate(generator, n, seed + 2, device, return_subjects=True)
+    test = splits.test
+    keep = np.ones(len(test.y), bool)
+    gen_subject = real_subject = None
+    if getattr(classifier, "aligned", False):
+        gen = dist.unwrap(generator)
+        gen_subject = gen.subject_index(subj.tolist()).to(device)
+        keep = np.isin(test.subject, gen.config.subjects)
+        real_subject = gen.subject_index(test.subject[keep].tolist()).to(device)
+
+    def accuracy(volts: np.ndarray, labels: torch.Tensor, subject) -> float | None:
+        if len(labels) == 0:
+            return None
+        x = torch.from_numpy(cls_std.transform(volts)).to(device)
+        logits = classifier(x, subject) if subject is not None else classifier(x)
+        return (logits.argmax(1).cpu() == labels).float().mean().item()
+
     with torch.no_grad():
-        acc_gen = (classifier(torch.from_numpy(cls_std.transform(volts)).to(device)).argmax(1).cpu() == y) \
-            .float().mean().item()
-        acc_real = (classifier(torch.from_numpy(cls_std.transform(splits.test.X)).to(device)).argmax(1).cpu()
-                    == torch.from_numpy(splits.test.y)).float().mean().item()
+        acc_gen = accuracy(gen_std.inverse(fake.numpy()), y, gen_subject)
+        acc_real = accuracy(test.X[keep], torch.from_numpy(test.y[keep]), real_subject)
     return {"classifier_accuracy_generated": acc_gen, "classifier_accuracy_real_test": acc_real}

@@ -717,7 +717,7 @@ def fit_gan(cfg: dict, round_dir: Path, device: torch.device, seed: int, resume:
     """Train (generator, critic) on splits.train (the trainers pass `Splits.pooled()`: training and
     validation trials); write the run-folder artefacts; return the summary.
 
-    extra_loss(fake_std_units, y) -> (loss tensor, {metric: float}) is added to the generator loss
+    extra_loss(fake_std_units, y[, subject index]) -> (loss tensor, {metric: float}) is added to the generator loss
     (the fine-tuning trainers' frozen-classifier term). on_epoch(epoch, generator, row) runs on the
     main process after every epoch (bench/bench_gan.py records quality curves with it).
     """
@@ -1166,7 +1166,7 @@ def _train_step(cfg, G, D, opt_g, opt_d, targets, Xtr, ytr, s_tr, idx, local, de
         + gan["trial_cov_weight"] * terms["trial_cov"] + gan["csp_envelope_weight"] * terms["csp_envelope"] \
         + gan["subject_contrast_weight"] * terms["subject_contrast"]
     if extra_loss is not None:
-        extra, extra_metrics = extra_loss(fake, y)
+        extra, extra_metrics = extra_loss(fake, *cond)  # (y,) or (y, subject index)
         loss_g = loss_g + extra
         out.update(extra_metrics)
     opt_g.zero_grad(set_to_none=True)
@@ -1187,7 +1187,7 @@ def _with_grad_match(extra_loss, matcher, weight: float, G, n: int, subjects: bo
     for it (gan.grad_match_batch; the cosine of a 32-trial gradient with the real one is mostly sampling
     noise). Every DDP rank renders all n from the shared RNG and computes the same term, so the averaged
     gradient is the one-process gradient."""
-    def loss(fake: torch.Tensor, y: torch.Tensor):
+    def loss(fake: torch.Tensor, y: torch.Tensor, *subject):
         gen = dist.unwrap(G)  # a second forward pass outside the DDP wrapper; its gradients sum into the same weights
         z, y_gm, _ = paired_draw(gen, torch.arange(n), None)
         y_gm = y_gm.to(device)
@@ -1196,7 +1196,7 @@ def _with_grad_match(extra_loss, matcher, weight: float, G, n: int, subjects: bo
         gm, out = matcher.loss(gen(z.to(device), y_gm, *(() if s is None else (s,))), y_gm)
         total = weight * gm
         if extra_loss is not None:
-            extra, metrics = extra_loss(fake, y)
+            extra, metrics = extra_loss(fake, y, *subject)
             total, out = total + extra, {**out, **metrics}
         return total, out
 

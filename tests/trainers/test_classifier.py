@@ -115,9 +115,41 @@ def test_rounds_give_per_round_values_and_mean_std(make_cfg):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+
+def test_aligned_rounds_read_as_one_whiten_each_trial_by_its_subject(make_cfg):
+    """A classifier trained with Euclidean alignment, read for trials of known subjects (what fine-tuning a
+    subject-conditioned generator needs): each round whitens every trial with its own whitener of the
+    trial's subject, then standardizes it as its training trials were; the ensemble's output is the mean of
+    the rounds' log-probabilities on the trials so fed. Without subjects, or for a subject the run never
+    saw, it cannot be read as one."""
+    from utils.errors import UserError
+
+    cfg = make_cfg("classifier.architecture=stft", 'data.channels=["C3","Cz","C4"]', "data.subjects=[1,2]",
+                   "classifier.alignment=euclidean", "epochs=2", "rounds=2")
+    run_dir, _ = run_training(cfg, clf, CPU)
+    members = [clf._load_one_classifier(run_dir, run_dir / f"round-{i}", CPU) for i in (0, 1)]
+    test = load_splits(cfg, progress=False).test
+    expected = []
+    for model, mt in members:
+        W = {k: np.asarray(w, np.float32) for k, w in mt["alignment_whiteners"].items()}
+        Xw = np.stack([W[f"S{int(s):03d}"] @ x for x, s in zip(test.X, test.subject)])
+        expected.append(torch.log_softmax(model(torch.from_numpy(mt["standardizer"].transform(Xw))), -1))
+    assert not np.allclose(members[0][1]["alignment_whiteners"]["S001"], members[1][1]["alignment_whiteners"]["S001"])
+    ens, meta = clf.load_classifier(run_dir, all_rounds=True, subjects=[2, 1])  # indices into [2, 1]
+    assert meta["ensemble"] == 2 and ens.aligned
+    index = torch.as_tensor([0 if s == 2 else 1 for s in test.subject])
+    got = ens(torch.from_numpy(meta["standardizer"].transform(test.X)), index)
+    torch.testing.assert_close(got, torch.stack(expected).mean(0), rtol=1e-4, atol=1e-4)
+    one, one_meta = clf.load_classifier(run_dir, subjects=[1, 2])  # round-0 alone, whitening itself
+    assert one_meta["ensemble"] == 1 and one.aligned
+    with pytest.raises(UserError, match="known subjects"):
+        clf.load_classifier(run_dir, all_rounds=True)
+    with pytest.raises(UserError, match="S003"):
+        clf.load_classifier(run_dir, all_rounds=True, subjects=[1, 3])
+
 def test_interrupt_then_resume_continues_bit_identically(make_cfg, tmp_path, monkeypatch):
     cfg = make_cfg("classifier.architecture=stft", "data.subjects=[1]", "classifier.augment_shift_s=0.2",
-                   "classifier.augment_scale=0.1", "epochs=4")
+                   "classifier.augment_scale=0.1", "classifier.augment_noise=0.5", "epochs=4")
     straight = clf.train_round(cfg, tmp_path / "a", CPU, seed=3)
     real_lr = clf._lr_at
 
@@ -141,6 +173,10 @@ def test_interrupt_then_resume_continues_bit_identically(make_cfg, tmp_path, mon
     strip = [{k: v for k, v in json.loads(r).items() if k != "epoch_time_s"} for r in rows_a]
     assert strip == [{k: v for k, v in json.loads(r).items() if k != "epoch_time_s"} for r in rows_b]
     assert straight["test_accuracy"] == resumed["test_accuracy"]
+    # The noise augmentation is part of what was trained: without it the weights differ.
+    clf.train_round({**cfg, "classifier": {**cfg["classifier"], "augment_noise": 0.0}}, tmp_path / "c", CPU, seed=3)
+    c = load_file(str(tmp_path / "c" / "classifier.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_select_keeps_the_last_epoch_or_the_best_validation_epoch(make_cfg, tmp_path):

@@ -16,7 +16,7 @@ TRIO = 'data.channels=["C3","Cz","C4"]'
 @pytest.fixture(scope="module")
 def assets(data_path, cache_dir, tmp_path_factory):
     """A pretrained GAN (executed runs), a shallow classifier (21 channels), an stft classifier (C3/Cz/C4,
-    two rounds)."""
+    two rounds), a shallow classifier trained with Euclidean alignment on subjects 1 and 2 (two rounds)."""
     from config.schema import apply_overrides, validate
 
     folder = tmp_path_factory.mktemp("ft")
@@ -34,7 +34,9 @@ def assets(data_path, cache_dir, tmp_path_factory):
         mp.setattr(gan, "_evaluate", lambda *a, **k: {})
         runs = {"gan": train("gan", "model_name=gpt2cgan", "pretrain_data.task=execution", *GAN),
                 "shallow": train("shallow", "model_name=classifier", "classifier.architecture=shallow"),
-                "stft": train("stft", "model_name=classifier", "classifier.architecture=stft", TRIO, "rounds=2")}
+                "stft": train("stft", "model_name=classifier", "classifier.architecture=stft", TRIO, "rounds=2"),
+                "aligned": train("aligned", "model_name=classifier", "classifier.architecture=shallow", "data.subjects=[1,2]",
+                                 "classifier.alignment=euclidean", "rounds=2")}
     return base, folder, runs
 
 
@@ -97,6 +99,27 @@ def test_gpt2scnn_from_scratch_is_the_ablation(assets, tmp_path, monkeypatch):
     assert meta["fine_tune"] is False and meta["pretrained_from"] is None and meta["n_chans"] == 3
     assert meta["classifier_members"] == 2  # both rounds of the classifier run, as one ensemble
 
+
+
+def test_a_classifier_trained_with_alignment_teaches_a_subject_conditioned_generator(assets, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Generated trials of a subject-conditioned generator belong to a subject, so a classifier trained on
+    trials whitened per subject (classifier.alignment) can score them whitened as that subject's real trials;
+    a generator without subjects has none to whiten by, and is refused."""
+    _, _, runs = assets
+    args = ["model_name=gpt2xcnn", "fine_tune=false", "pretrained_finetune_path=/not/used", "data.subjects=[1,2]",
+            f"pretrained_classifier_path={runs['aligned']}", "gan.subject_condition=true"]
+    assert finetune(assets, tmp_path, monkeypatch, *args) == 0
+    run = tmp_path / "checkpoints" / "gpt2xcnn" / "latest"
+    assert json.loads((run / "gan.json").read_text())["classifier_members"] == 2
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(rows[0]["classifier_loss"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0.0 <= summary["classifier_accuracy_real_test"] <= 1.0
+    (tmp_path / "off").mkdir()
+    capsys.readouterr()
+    assert finetune(assets, tmp_path / "off", monkeypatch, *args[:-1], "gan.subject_condition=false") == 2
+    assert "only a subject-conditioned generator's trials have a subject" in capsys.readouterr().err
 
 @pytest.mark.parametrize("case, overrides, message", [
     ("missing GAN", ["model_name=gpt2xcnn", "pretrained_finetune_path={tmp}/none", "pretrained_classifier_path={shallow}"],
