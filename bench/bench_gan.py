@@ -37,7 +37,10 @@ quality: TSTR (CSP+LDA trained on generated trials, tested on the real held-out 
 same classifier trained on real trials, mu/beta power errors at C3/Cz/C4, mu lateralisation and
 the nearest-neighbour distance ratio (utils/metrics.py) for one finished GAN run; the band power
 also against the generator's own training trials, and the training trials against the held-out
-ones (the session drift no generator of the training data can remove). Band power and lateralisation
+ones (the session drift no generator of the training data can remove), and the held-out trials resampled
+with replacement against themselves (median and 90th percentile of the worst cell: how far that cell moves
+with nothing but which held-out trials were recorded). A run with evaluation.subjects is judged on those
+subjects, its generator drawn for them. Band power and lateralisation
 are also reported on --band-per-class generated trials per class (`*_n` keys): with a realistic
 trial-to-trial spread the class-mean power of ~120 trials moves by several percent from one generated
 set to the next, and a generator's class means are what the target is about. With --repeats
@@ -398,6 +401,10 @@ def quality(args) -> dict:
     b = load_generator(folder)
     cfg = b.cfg
     sp = load_splits(cfg, cfg["data"], seed=cfg["seed"], progress=False).pooled()  # the GAN's training trials
+    judged = cfg["evaluation"].get("subjects")
+    if judged:  # evaluation.subjects: real trials of those subjects, generated trials drawn for them
+        b.only_subjects(judged)
+        sp.train, sp.test = (part.subset(np.isin(part.subject, judged)) for part in (sp.train, sp.test))
     Xg, yg = b.sample(int(np.bincount(sp.train.y).max()), seed=123)
     real = M.csp_lda_accuracy(sp.train.X, sp.train.y, sp.test.X, sp.test.y)
     tstr = M.csp_lda_accuracy(Xg, yg, sp.test.X, sp.test.y)
@@ -423,6 +430,11 @@ def quality(args) -> dict:
     def worst(errs: dict) -> float:  # largest |relative error| over the band x class x channel cells
         return max(abs(v) for k, v in errs.items() if k != "mean_abs")
 
+    # How far the held-out trials' own worst cell wanders: resampled with replacement against themselves.
+    boot = np.random.default_rng(0)
+    self_worst = [worst(M.band_power_errors(sp.test.X[i], sp.test.y[i], sp.test.X, sp.test.y, b.sfreq, b.ch_names))
+                  for i in (boot.integers(0, len(sp.test.y), len(sp.test.y)) for _ in range(200))]
+
     return {"run": str(folder), "csp_real_trained": real, "csp_tstr": tstr,
             "tstr_fraction_of_real_above_chance": (tstr - 0.5) / max(real - 0.5, 1e-9),
             "band_power_mean_abs_rel_err": bp["mean_abs"],
@@ -431,6 +443,9 @@ def quality(args) -> dict:
             "band_power_vs_train_mean_abs_rel_err": bp_tr["mean_abs"],
             "band_power_vs_train_max_abs_rel_err": worst(bp_tr),
             "band_power_train_vs_test_max_abs_rel_err": worst(drift),
+            "band_power_test_resampled_max_abs_rel_err_median": float(np.median(self_worst)),
+            "band_power_test_resampled_max_abs_rel_err_p90": float(np.quantile(self_worst, 0.9)),
+            "judged_subjects": judged,
             "band_per_class": args.band_per_class, "band_power_mean_abs_rel_err_n": bp_n["mean_abs"],
             "band_power_max_abs_rel_err_n": worst(bp_n), **{f"mu_lat_{k}_generated_db_n": v for k, v in lat_n.items()},
             **{f"mu_lat_{k}_train_db": v for k, v in lat_tr.items()}, **subj,
