@@ -332,13 +332,7 @@ def load_classifier(run_dir, device="cpu", all_rounds: bool = False,
     itself, with its subject given as an index into `subjects`; without, round-0's model is returned as
     trained, for inputs the caller has whitened.
     """
-    run = resolve_run_dir(run_dir, "classifier run folder")
-    if (run / META).is_file():
-        folders = [run]
-    else:
-        folders = sorted((d for d in run.glob("round-*") if re.fullmatch(r"round-\d+", d.name)),
-                         key=lambda d: int(d.name.split("-")[1]))
-        folders = folders if all_rounds and folders else [run / "round-0"]
+    folders = _round_folders(run_dir, all_rounds)
     loaded = [_load_one_classifier(run_dir, folder, device) for folder in folders]
     model, meta = loaded[0]
     aligned = meta.get("alignment", "none") != "none"
@@ -360,6 +354,27 @@ def load_classifier(run_dir, device="cpu", all_rounds: bool = False,
     ensemble = ClassifierEnsemble([m for m, _ in loaded], [s.std for s in stds], [s.mean for s in stds], whiteners)
     ensemble.to(device).eval()
     return ensemble, {**meta, "ensemble": len(loaded)}
+
+
+def _round_folders(run_dir, all_rounds: bool) -> list[Path]:
+    """The round folders `load_classifier` reads: the run folder itself for a one-round run, else round-0, or every
+    round-N with all_rounds."""
+    run = resolve_run_dir(run_dir, "classifier run folder")
+    if (run / META).is_file():
+        return [run]
+    folders = sorted((d for d in run.glob("round-*") if re.fullmatch(r"round-\d+", d.name)),
+                     key=lambda d: int(d.name.split("-")[1]))
+    return folders if all_rounds and folders else [run / "round-0"]
+
+
+def classifier_meta(run_dir) -> dict:
+    """Round-0's classifier.json (architecture, alignment, ...) without loading any weights."""
+    folder = _round_folders(run_dir, all_rounds=False)[0]
+    try:
+        return json.loads((folder / META).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"classifier run folder {run_dir}: no readable {META} (unfinished or not a classifier run: "
+                        f"{e.__class__.__name__})") from None
 
 
 def _subject_whiteners(run_dir, folder: Path, meta: dict, subjects: list[int]) -> np.ndarray:

@@ -148,10 +148,10 @@ def load_frozen_classifier(cfg: dict, device, subjects: list[int] | None = None)
     """The frozen classifier of `pretrained_classifier_path`, as `finetune.classifier_rounds` asks. One trained
     with `classifier.alignment` whitens each trial by its subject's real training trials, which needs the
     subject of every generated trial: `subjects` are the generator's (trials give their index into it)."""
-    from trainers.classifier import load_classifier
+    from trainers.classifier import classifier_meta, load_classifier
 
     path = cfg["pretrained_classifier_path"]
-    model, meta = load_classifier(path, device)  # round-0 as trained: what it is, before reading it as asked
+    meta = classifier_meta(path)  # what it is, checked before any weights are read
     kinds = CLASSIFIER_KINDS[cfg["model_name"]]
     if meta["architecture"] not in kinds:
         raise UserError(f"config key 'pretrained_classifier_path': {cfg['model_name']} needs a "
@@ -161,10 +161,7 @@ def load_frozen_classifier(cfg: dict, device, subjects: list[int] | None = None)
                         f"classifier.alignment={meta['alignment']!r}, which whitens each subject's trials; only a "
                         "subject-conditioned generator's trials have a subject (gan.subject_condition true, and "
                         "several target subjects)")
-    all_rounds = cfg["finetune"]["classifier_rounds"] == "all"
-    if all_rounds or meta.get("alignment", "none") != "none":
-        model, meta = load_classifier(path, device, all_rounds=all_rounds, subjects=subjects)
-    return model, meta
+    return load_classifier(path, device, all_rounds=cfg["finetune"]["classifier_rounds"] == "all", subjects=subjects)
 
 
 def classifier_loss(classifier, gen_std: Standardizer, cls_std: Standardizer, weight: float, device,
