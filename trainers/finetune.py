@@ -144,24 +144,33 @@ def adapt_to_target(generator, critic, cfg: dict, pretrained_info: dict, target_
     return reinit
 
 
-def load_frozen_classifier(cfg: dict, device, subjects: list[int] | None = None):
-    """The frozen classifier of `pretrained_classifier_path`, as `finetune.classifier_rounds` asks. One trained
-    with `classifier.alignment` whitens each trial by its subject's real training trials, which needs the
-    subject of every generated trial: `subjects` are the generator's (trials give their index into it)."""
-    from trainers.classifier import classifier_meta, load_classifier
+def frozen_classifier_meta(cfg: dict) -> dict:
+    """The metadata of the classifier at `pretrained_classifier_path` (no weights read), checked to be of the
+    kind this trainer needs: called before any data is loaded, so a wrong path or kind fails at once."""
+    from trainers.classifier import classifier_meta
 
     path = cfg["pretrained_classifier_path"]
-    meta = classifier_meta(path)  # what it is, checked before any weights are read
+    meta = classifier_meta(path)
     kinds = CLASSIFIER_KINDS[cfg["model_name"]]
     if meta["architecture"] not in kinds:
         raise UserError(f"config key 'pretrained_classifier_path': {cfg['model_name']} needs a "
                         f"{' or '.join(kinds)} classifier, {path} is {meta['architecture']!r}")
+    return meta
+
+
+def load_frozen_classifier(cfg: dict, device, meta: dict, subjects: list[int] | None = None):
+    """The frozen classifier (meta: `frozen_classifier_meta`), as `finetune.classifier_rounds` asks. One trained
+    with `classifier.alignment` whitens each trial by its subject's real training trials, which needs the
+    subject of every generated trial: `subjects` are the generator's (trials give their index into it)."""
+    from trainers.classifier import load_classifier
+
     if meta.get("alignment", "none") != "none" and subjects is None:
         raise UserError(f"config key 'pretrained_classifier_path': the classifier was trained with "
                         f"classifier.alignment={meta['alignment']!r}, which whitens each subject's trials; only a "
                         "subject-conditioned generator's trials have a subject (gan.subject_condition true, and "
                         "several target subjects)")
-    return load_classifier(path, device, all_rounds=cfg["finetune"]["classifier_rounds"] == "all", subjects=subjects)
+    return load_classifier(cfg["pretrained_classifier_path"], device,
+                           all_rounds=cfg["finetune"]["classifier_rounds"] == "all", subjects=subjects)
 
 
 def classifier_loss(classifier, gen_std: Standardizer, cls_std: Standardizer, weight: float, device,
@@ -197,10 +206,11 @@ def train_round(cfg: dict, round_dir: Path, device: torch.device, seed: int, res
     from trainers.generate import load_generator
 
     seed_everything(seed)
+    cmeta = frozen_classifier_meta(cfg)
     splits = load_splits(cfg, seed=seed, progress=dist.is_main()).pooled()  # nothing is selected on validation
     train = splits.train
     # The generator is conditioned on the target's training subjects (adapt_to_target, build_models).
-    classifier, cmeta = load_frozen_classifier(cfg, device, target_subjects(cfg, train))
+    classifier, cmeta = load_frozen_classifier(cfg, device, cmeta, target_subjects(cfg, train))
     bundle = load_generator(cfg["pretrained_finetune_path"], device, with_critic=True) if cfg["fine_tune"] else None
     reinit = None
     check_matches(f"classifier {cfg['pretrained_classifier_path']}", cmeta, train, cfg["representation"])
