@@ -9,6 +9,7 @@
     python bench/bench_gan.py transforms RUN_DIR [--repeats 3]
     python bench/bench_gan.py ceiling RUN_DIR [--repeats 3]
     python bench/bench_gan.py condense RUN_DIR [--repeats 3] [--iters 400] [--resets 3,10,20,100] [--lr 0.01]
+    python bench/bench_gan.py counts RUN_DIR [--counts 75,150,300,1000,3000] [--repeats 3] [--set KEY=VALUE ...]
 
 speed: one training step of the default gpt2cgan config (critic update with gradient penalty,
 plus the generator update every gan.critic_steps batches) on random trials of the default data
@@ -126,8 +127,14 @@ noise alone leaves an independent real sample; fresh generated sets; random subs
 generated sets 2 and 8 times as large (what stays as they grow is the generator's bias, not noise). `--iters 0`
 gives these distances only.
 
+counts: how CSP+LDA and band-power LDA trained on generated trials depend on how many are drawn. For each
+count in --counts, --repeats fresh draws of that many trials per class train each decoder, scored on the held-out
+trials of the run's config (its evaluation.subjects honoured; `--set evaluation.subjects=null` judges a run on
+all its subjects): mean, min and max over the draws, next to the same decoders trained on the real pool. The
+spread over draws is the part of a single evaluation's number that is the generated draw's luck.
+
 Results: a table on stdout and JSON in bench/results/gan.json (speed), gan_transfer.json (with both
-curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json, gan_cnn.json, gan_transforms.json, gan_ceiling.json or gan_condense.json.
+curves drawn in gan_transfer.png), gan_quality.json, gan_diagnose.json, gan_cnn.json, gan_transforms.json, gan_ceiling.json, gan_condense.json or gan_counts.json.
 """
 from __future__ import annotations
 
@@ -701,6 +708,36 @@ def cnn_transfer(args) -> dict:
     return out
 
 
+def draw_counts(args) -> dict:
+    """Linear decoders trained on N generated trials per class, N in --counts (see the module docstring)."""
+    from config.schema import apply_overrides, validate
+    from trainers.evaluate import RealData
+    from trainers.generate import gan_folder, load_generator
+    from utils import metrics as M
+
+    folder = gan_folder(args.run)
+    b = load_generator(folder)
+    cfg = validate(apply_overrides(b.cfg, args.set))
+    r = RealData(cfg, progress=False)
+    judged = cfg["evaluation"]["subjects"]
+    if judged is not None:
+        b.only_subjects(judged)
+    decoders = {"csp_lda": lambda X, y: M.csp_lda_accuracy(X, y, r.X_test, r.y_test),
+                "band_lda": lambda X, y: float((M.band_lda_predict(X, y, r.X_test, r.sfreq) == r.y_test).mean())}
+    out = {"run": str(folder), "judged_subjects": judged, "test_trials": len(r.y_test),
+           **{f"{k}_real_trained": f(r.X_pool, r.y_pool) for k, f in decoders.items()}}
+    for n in args.counts:
+        accs = {k: [] for k in decoders}
+        for i in range(args.repeats or 3):
+            X, y = b.sample(n, 4000 + i)
+            for k, f in decoders.items():
+                accs[k].append(f(X, y))
+        for k, v in accs.items():
+            out.update({f"{k}_{n}_per_class": float(np.mean(v)), f"{k}_{n}_per_class_min": float(np.min(v)),
+                        f"{k}_{n}_per_class_max": float(np.max(v))})
+    return out
+
+
 def pool_surrogates(sfreq: float) -> dict:
     """name -> make(X, seed): the real pool as it is, and surrogates of it (see `cnn` in the docstring)."""
     from utils import metrics as M
@@ -1112,13 +1149,13 @@ def print_table(res: dict, width: int) -> None:
         print(f"{k:{width}s} {v:.4g}" if isinstance(v, float) else f"{k:{width}s} {v}")
 
 
-RUN_MODES = ("quality", "diagnose", "cnn", "transforms", "ceiling", "condense")  # the modes that score one finished GAN run
+RUN_MODES = ("quality", "diagnose", "cnn", "transforms", "ceiling", "condense", "counts")  # the modes that score one finished GAN run
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("speed", "transfer") + RUN_MODES)
-    p.add_argument("run", nargs="?", help="quality, diagnose, cnn, transforms, ceiling: GAN run folder")
+    p.add_argument("run", nargs="?", help="quality, diagnose, cnn, transforms, ceiling, condense, counts: GAN run folder")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--subjects", type=int, default=10,
@@ -1127,7 +1164,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--every", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "checkpoints" / "bench_transfer"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="speed, transfer: config overrides; counts: overrides of the run's own config")
     p.add_argument("--source-set", action="append", default=[], metavar="KEY=VALUE",
                    help="transfer: overrides for the pretraining (source) config only "
                         "(default pretrain_data.task=execution)")
@@ -1149,6 +1187,8 @@ def main(argv=None) -> int:
     p.add_argument("--resets", type=lambda v: [int(x) for x in v.split(",")], default=[3, 10, 20, 100],
                    help="condense: probe restart periods to try, comma-separated (gan.grad_match_reset)")
     p.add_argument("--lr", type=float, default=0.01, help="condense: Adam rate on the trials (standardized units)")
+    p.add_argument("--counts", type=lambda v: [int(x) for x in v.split(",")], default=[75, 150, 300, 1000, 3000],
+                   help="counts: generated trials per class to train the linear decoders on, comma-separated")
     p.add_argument("--band-per-class", type=int, default=1000,
                    help="quality: generated trials per class for the *_n band-power and lateralisation numbers")
     args = p.parse_args(argv)
@@ -1176,11 +1216,11 @@ def main(argv=None) -> int:
 
         mne.set_log_level("ERROR")
         args.per_class = args.per_class or {"diagnose": 300, "quality": 150, "cnn": 1000, "transforms": 0,
-                                            "ceiling": 0, "condense": 0}[args.what]
+                                            "ceiling": 0, "condense": 0, "counts": 0}[args.what]
         res = {"diagnose": diagnose, "quality": quality, "cnn": cnn_transfer, "transforms": transforms,
-               "ceiling": ceiling, "condense": condense}[args.what](args)
+               "ceiling": ceiling, "condense": condense, "counts": draw_counts}[args.what](args)
         print_table(res, {"diagnose": 52, "quality": 40, "cnn": 56, "transforms": 52, "ceiling": 44,
-                          "condense": 44}[args.what])
+                          "condense": 44, "counts": 36}[args.what])
         path = RESULTS / f"gan_{args.what}.json"
     else:
         if not any(s.startswith("data_path=") for s in args.set):
