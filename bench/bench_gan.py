@@ -723,7 +723,7 @@ def draw_counts(args) -> dict:
     if judged is not None:
         b.only_subjects(judged)
     decoders = {"csp_lda": lambda X, y: M.csp_lda_accuracy(X, y, r.X_test, r.y_test),
-                "band_lda": lambda X, y: float((M.band_lda_predict(X, y, r.X_test, r.sfreq) == r.y_test).mean())}
+                "band_lda": lambda X, y: M.band_lda_accuracy(X, y, r.X_test, r.y_test, r.sfreq)}
     out = {"run": str(folder), "judged_subjects": judged, "test_trials": len(r.y_test),
            **{f"{k}_real_trained": f(r.X_pool, r.y_pool) for k, f in decoders.items()}}
     for n in args.counts:
